@@ -1,0 +1,33 @@
+"""The proposed xT-recycling training strategy (Fu et al., MELBA 2023; DESIGN §1)."""
+
+import torch
+
+from nnunetv2_diffusion.diffusion.mask_encoding import x0_from_logits
+from nnunetv2_diffusion.training.nnUNetTrainerDiff import nnUNetTrainerDiff
+
+
+class nnUNetTrainerDiffRecycle(nnUNetTrainerDiff):
+    """xT-recycling: train on noisy masks built from the model's own prediction from pure noise.
+
+    At inference x_t comes from the model's earlier predictions, not from the ground truth; recycling makes training
+    see the same kind of input. Cost per step: 2 forwards + 1 backward.
+    """
+
+    def diffusion_forward(self, data: torch.Tensor, target):
+        """1. t ~ U{0..T-2}.
+        2. First pass, no gradient, at the last timestep T-1 from pure noise eps (never from the ground truth: the
+           reference code's q_sample(x0, T-1) leaks the mask with weight sqrt(abar_{T-1}) ~ 0.006):
+           x0_p = 2 softmax(net(I, eps, T-1)) - 1, kept soft.
+        3. x_t = sqrt(abar_t) x0_p + sqrt(1 - abar_t) eps'.
+        4. Second pass with gradient on (I, x_t, t); the shared loss compares it with the ground truth.
+        """
+        batch_size = data.shape[0]
+        num_classes = self.label_manager.num_segmentation_heads
+        t = self.sample_timesteps(batch_size, self.num_diffusion_timesteps - 1)
+        t_last = torch.full_like(t, self.num_diffusion_timesteps - 1)
+        noise = torch.randn((batch_size, num_classes, *data.shape[2:]), device=self.device)
+        with torch.no_grad():
+            first = self.network(data, noise, self.tau(t_last))
+            x0_recycled = x0_from_logits(first[0] if isinstance(first, list) else first)
+        x_t = self.diffusion.q_sample(x0_recycled, t, torch.randn_like(x0_recycled))
+        return self.network(data, x_t, self.tau(t))

@@ -1,0 +1,57 @@
+"""Short training budgets for every strategy, so demos and benchmarks give all of them the same iterations.
+
+nnU-Net's ``_Xepochs`` variants keep 250 iterations per epoch; these fix the total number of iterations instead,
+spread over epochs of 50 so the poly learning-rate schedule, logging and checkpoints still step several times.
+"""
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunetv2_diffusion.training.nnUNetTrainerDiff import nnUNetTrainerDiff
+from nnunetv2_diffusion.training.nnUNetTrainerDiffRecycle import nnUNetTrainerDiffRecycle
+
+
+class _300IterationsMixin:
+    """6 epochs x 50 training iterations, 10 pseudo-validation iterations per epoch."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 6
+        self.num_iterations_per_epoch = 50
+        self.num_val_iterations_per_epoch = 10
+
+
+class _10IterationsMixin:
+    """1 epoch x 10 training iterations, 2 pseudo-validation iterations: smoke tests."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 1
+        self.num_iterations_per_epoch = 10
+        self.num_val_iterations_per_epoch = 2
+
+
+class nnUNetTrainer_300iters(_300IterationsMixin, nnUNetTrainer):
+    """Stock nnU-Net at the same budget: the non-diffusion anchor of every comparison."""
+
+
+class nnUNetTrainerDiff_300iters(_300IterationsMixin, nnUNetTrainerDiff):
+    pass
+
+
+class nnUNetTrainerDiffRecycle_300iters(_300IterationsMixin, nnUNetTrainerDiffRecycle):
+    pass
+
+
+class nnUNetTrainer_10iters(_10IterationsMixin, nnUNetTrainer):
+    pass
+
+
+class nnUNetTrainerDiff_10iters(_10IterationsMixin, nnUNetTrainerDiff):
+    pass
+
+
+class nnUNetTrainerDiffRecycle_10iters(_10IterationsMixin, nnUNetTrainerDiffRecycle):
+    pass
