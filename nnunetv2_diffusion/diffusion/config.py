@@ -33,8 +33,8 @@ class DiffusionConfig:
             raise ValueError(f"unknown sampler {self.sampler!r}; valid: {', '.join(SAMPLERS)}")
         if not 1 <= self.sampling_steps <= self.num_timesteps:
             raise ValueError(f"sampling_steps must be in [1, {self.num_timesteps}] (got {self.sampling_steps})")
-        if self.eta < 0:
-            raise ValueError(f"eta must be >= 0 (got {self.eta})")
+        if not 0 <= self.eta <= 1:
+            raise ValueError(f"eta must be in [0, 1] (got {self.eta})")
 
     def to_dict(self) -> dict:
         return asdict(self)
