@@ -1,0 +1,86 @@
+"""Dataset522_AMOS2022 on a small fixture in the AMOS 2022 release layout."""
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunetv2_diffusion.dataset_conversion import Dataset522_AMOS2022 as amos
+from nnunetv2_diffusion.dataset_conversion._common import DatasetConversionError
+
+TRAIN = ["amos_0001", "amos_0004", "amos_0005", "amos_0540"]  # the last is MR
+VAL = ["amos_0012", "amos_0010", "amos_0013", "amos_0590"]  # dataset.json order, not sorted
+
+
+def make_source(root, with_json=True):
+    rng = np.random.default_rng(3)
+    for d in ("imagesTr", "labelsTr", "imagesVa", "labelsVa", "imagesTs"):
+        os.makedirs(root / d)
+    for cases, split in ((TRAIN, "Tr"), (VAL, "Va")):
+        for case in cases:
+            image = sitk.GetImageFromArray(rng.integers(-1000, 1000, (4, 5, 6)).astype(np.int16))
+            image.SetSpacing((0.8, 0.8, 5.0))
+            label = sitk.GetImageFromArray(rng.integers(0, 16, (4, 5, 6)).astype(np.uint8))
+            label.CopyInformation(image)
+            sitk.WriteImage(image, str(root / f"images{split}" / f"{case}.nii.gz"))
+            sitk.WriteImage(label, str(root / f"labels{split}" / f"{case}.nii.gz"))
+    names = ["background", "spleen", "right kidney", "left kidney", "gall bladder", "esophagus", "liver", "stomach",
+             "arota", "postcava", "pancreas", "right adrenal gland", "left adrenal gland", "duodenum", "bladder",
+             "prostate/uterus"]
+    if with_json:
+        meta = {"name": "AMOS", "labels": {str(i): n for i, n in enumerate(names)},
+                "training": [{"image": f"./imagesTr/{c}.nii.gz", "label": f"./labelsTr/{c}.nii.gz"} for c in TRAIN],
+                "validation": [{"image": f"./imagesVa/{c}.nii.gz", "label": f"./labelsVa/{c}.nii.gz"} for c in VAL],
+                "test": []}
+        (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def snapshot(folder):
+    return {p: (hashlib.sha256(open(p, "rb").read()).hexdigest(), os.stat(p).st_mtime_ns)
+            for p in (os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs)}
+
+
+def test_conversion(tmp_path):
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    source = make_source(tmp_path / "source")
+    before = snapshot(source)
+    folder = amos.convert_amos2022(str(source), raw_root=str(tmp_path / "raw"),
+                                   preprocessed_root=str(tmp_path / "pre"))
+    verify_dataset_integrity(folder, num_processes=1)
+    assert snapshot(source) == before
+    assert sorted(os.listdir(os.path.join(folder, "labelsTr"))) == [f"{c}.nii.gz" for c in TRAIN[:3]]
+    assert sorted(os.listdir(os.path.join(folder, "labelsTs"))) == [f"{c}.nii.gz" for c in sorted(VAL[:3])]
+    dataset = json.load(open(os.path.join(folder, "dataset.json")))
+    assert dataset["channel_names"] == {"0": "CT"} and len(dataset["labels"]) == 16
+    assert dataset["labels"]["arota"] == 8 and dataset["numTraining"] == 3
+    assert not os.path.exists(tmp_path / "pre" / "Dataset522_AMOS2022")  # nnU-Net's own 5 folds apply
+    report = json.load(open(os.path.join(folder, "conversion_report.json")))
+    assert report["num_cases"] == {"imagesTr": 3, "imagesTs": 3, "mr_cases_skipped": 2}
+
+
+def test_paper_validation_without_dataset_json(tmp_path):
+    source = make_source(tmp_path / "source", with_json=False)
+    folder = amos.convert_amos2022(str(source), paper_validation=True, raw_root=str(tmp_path / "raw"),
+                                   preprocessed_root=str(tmp_path / "pre"))
+    splits = json.load(open(tmp_path / "pre" / "Dataset522_AMOS2022" / "splits_final.json"))
+    # without dataset.json the validation cases are taken sorted: amos_0010 comes first
+    assert splits == [{"train": TRAIN[:3], "val": ["amos_0010"]}]
+    assert sorted(os.listdir(os.path.join(folder, "labelsTs"))) == ["amos_0012.nii.gz", "amos_0013.nii.gz"]
+    assert "amos_0010_0000.nii.gz" in os.listdir(os.path.join(folder, "imagesTr"))
+
+
+def test_label_outside_documented_set(tmp_path):
+    source = make_source(tmp_path / "source")
+    label = sitk.ReadImage(str(source / "labelsVa" / "amos_0013.nii.gz"))
+    array = sitk.GetArrayFromImage(label)
+    array[0, 0, 0] = 16
+    bad = sitk.GetImageFromArray(array)
+    bad.CopyInformation(label)
+    sitk.WriteImage(bad, str(source / "labelsVa" / "amos_0013.nii.gz"))
+    with pytest.raises(DatasetConversionError, match=r"amos_0013.*\[16\]"):
+        amos.convert_amos2022(str(source), raw_root=str(tmp_path / "raw"), preprocessed_root=str(tmp_path / "pre"))
