@@ -5,6 +5,9 @@ from dataclasses import asdict, dataclass, fields
 from nnunetv2_diffusion.diffusion.samplers import SAMPLERS
 from nnunetv2_diffusion.diffusion.schedules import SCHEDULES
 
+STRATEGIES = ("standard", "self_conditioning", "self_conditioning_next", "xt_recycling", "xT_recycling")
+"""Training strategies (DESIGN §1); 'self_conditioning_next' is Watson et al. 2023's estimate from t + 1."""
+
 
 @dataclass(frozen=True)
 class DiffusionConfig:
@@ -15,6 +18,8 @@ class DiffusionConfig:
     schedule: 'linear' (the paper's 1001-step linear betas kept at T evenly spaced cumulative alphas) or 'cosine'.
     sampler / sampling_steps / eta: what inference uses unless told otherwise (paper: DDPM, 5 steps).
     self_conditioning: the network takes C more input channels holding the previous x0 estimate.
+    strategy: how the model was trained (one of :data:`STRATEGIES`); a record for whoever loads the checkpoint,
+        inference does not depend on it.
     """
 
     num_timesteps: int = 5
@@ -23,6 +28,7 @@ class DiffusionConfig:
     sampling_steps: int = 5
     eta: float = 0.0
     self_conditioning: bool = False
+    strategy: str = "standard"
 
     def __post_init__(self):
         if self.num_timesteps < 2:
@@ -35,6 +41,8 @@ class DiffusionConfig:
             raise ValueError(f"sampling_steps must be in [1, {self.num_timesteps}] (got {self.sampling_steps})")
         if not 0 <= self.eta <= 1:
             raise ValueError(f"eta must be in [0, 1] (got {self.eta})")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown training strategy {self.strategy!r}; valid: {', '.join(STRATEGIES)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -27,3 +27,9 @@ def network_mask_input(x: torch.Tensor) -> torch.Tensor:
 def probabilities_from_x0(x0: torch.Tensor) -> torch.Tensor:
     """x0_hat: (B, C, *spatial) in [-1, 1] -> class probabilities (B, C, *spatial) in [0, 1]."""
     return (x0 + 1.0) / 2.0
+
+
+def no_estimate_like(x: torch.Tensor) -> torch.Tensor:
+    """Self-conditioning's "no previous estimate", shaped like x (B, C, *spatial): -1 everywhere, so that
+    m(-1) = 0 puts zeros in the estimate channels, as training does for dropped samples and first passes."""
+    return torch.full_like(x, -1.0)

@@ -1,7 +1,9 @@
 """Standard diffusion segmentation training inside nnU-Net's pipeline (DESIGN §1, 'Standard')."""
 
+from typing import NamedTuple
 
 import torch
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import get_tp_fp_fn_tn
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
@@ -10,14 +12,34 @@ from torch import autocast
 
 from nnunetv2_diffusion.diffusion.config import DiffusionConfig
 from nnunetv2_diffusion.diffusion.gaussian_diffusion import GaussianDiffusion
-from nnunetv2_diffusion.diffusion.mask_encoding import labels_to_x0
+from nnunetv2_diffusion.diffusion.mask_encoding import labels_to_x0, x0_from_logits
+from nnunetv2_diffusion.diffusion.timestep_samplers import TIMESTEP_SAMPLERS, make_timestep_sampler
 from nnunetv2_diffusion.networks.build import build_diffusion_network
+from nnunetv2_diffusion.training.checkpointing import SafeCheckpointMixin, atomic_save, load_checkpoint_file
+from nnunetv2_diffusion.training.dice_focal_loss import DiceFocalLoss
+from nnunetv2_diffusion.training.loss_guard import FiniteLossMixin
+
+SEGMENTATION_LOSSES = ("dice_ce", "dice_focal")
+SELF_CONDITIONING_STRATEGIES = ("self_conditioning", "self_conditioning_next")
 
 
-class nnUNetTrainerDiff(nnUNetTrainer):
+class DiffusionStepOutput(NamedTuple):
+    """What a training strategy hands to the shared loss.
+
+    output: the pass with gradient: logits (B, C, *patch), or the deep-supervision list of logits.
+    t: long (B,), that pass's timesteps. weights: float32 (B,), their loss weights (all 1 unless importance sampling).
+    """
+
+    output: torch.Tensor | list
+    t: torch.Tensor
+    weights: torch.Tensor
+
+
+class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
     """Diffusion segmenter with nnU-Net's plans, data, augmentation, optimiser, schedule, loss and checkpoints.
 
-    Only the network (time-conditioned, mask channels in the input) and the training step change. This class is
+    Only the network (time-conditioned, mask channels in the input) and the training step change, plus two
+    safety nets nnU-Net lacks: atomic, weights-only checkpoints and a stop at the first non-finite loss. This class is
     standard diffusion training: t ~ U{0..T-1}, x_t from the ground truth, one forward, loss against the ground
     truth. Strategies are subclasses that override :meth:`diffusion_forward`.
 
@@ -30,25 +52,48 @@ class nnUNetTrainerDiff(nnUNetTrainer):
     default_sampler = "ddpm"  # what inference uses unless told otherwise (paper: DDPM, 5 steps)
     default_sampling_steps = 5
     default_eta = 0.0  # DDIM only
-    self_conditioning = False  # C extra input channels for the previous estimate
+    self_conditioning = False  # C extra input channels for the previous estimate (self-conditioning strategies only)
+    diffusion_strategy = "standard"  # recorded in the checkpoint; every strategy subclass names its own
+    timestep_sampling = "uniform"  # 'uniform' or 'importance' (loss-aware p(t), unbiased weight 1 / (p(t) T))
+    segmentation_loss = "dice_ce"  # 'dice_ce' (nnU-Net's Dice + CE) or 'dice_focal' (the paper's Dice + 20 x focal)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
+                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
         # check before nnU-Net creates folders and logs: a bad combination must stop at once
         self.diffusion_config()
         self._check_supported_labels(PlansManager(plans).get_label_manager(dataset_json))
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.diffusion = GaussianDiffusion.from_schedule(self.noise_schedule, self.num_diffusion_timesteps)
+        self.timestep_sampler = make_timestep_sampler(self.timestep_sampling, num_timesteps=self.num_loss_timesteps)
 
     @classmethod
     def diffusion_config(cls) -> DiffusionConfig:
         """The validated diffusion settings of this trainer class (raises ValueError on a bad combination)."""
         try:
-            return DiffusionConfig(num_timesteps=cls.num_diffusion_timesteps, schedule=cls.noise_schedule,
-                                   sampler=cls.default_sampler, sampling_steps=cls.default_sampling_steps,
-                                   eta=cls.default_eta, self_conditioning=cls.self_conditioning)
+            config = DiffusionConfig(num_timesteps=cls.num_diffusion_timesteps, schedule=cls.noise_schedule,
+                                     sampler=cls.default_sampler, sampling_steps=cls.default_sampling_steps,
+                                     eta=cls.default_eta, self_conditioning=cls.self_conditioning,
+                                     strategy=cls.diffusion_strategy)
+            cls._check_training_options(config)
         except ValueError as e:
             raise ValueError(f"{cls.__name__}: invalid diffusion settings: {e}") from None
+        return config
+
+    @classmethod
+    def _check_training_options(cls, config: DiffusionConfig) -> None:
+        uses_estimate = config.strategy in SELF_CONDITIONING_STRATEGIES
+        if config.self_conditioning and not uses_estimate:
+            raise ValueError(f"self-conditioning is not supported with the {config.strategy!r} strategy (only "
+                             f"{' and '.join(map(repr, SELF_CONDITIONING_STRATEGIES))} fill the estimate channels)")
+        if uses_estimate and not config.self_conditioning:
+            raise ValueError(f"the {config.strategy!r} strategy needs self_conditioning = True "
+                             f"(C extra input channels)")
+        if cls.timestep_sampling not in TIMESTEP_SAMPLERS:
+            raise ValueError(f"unknown timestep sampler {cls.timestep_sampling!r}; valid: "
+                             f"{', '.join(TIMESTEP_SAMPLERS)}")
+        if cls.segmentation_loss not in SEGMENTATION_LOSSES:
+            raise ValueError(f"unknown segmentation loss {cls.segmentation_loss!r}; valid: "
+                             f"{', '.join(SEGMENTATION_LOSSES)}")
 
     @classmethod
     def _check_supported_labels(cls, label_manager) -> None:
@@ -67,10 +112,27 @@ class nnUNetTrainerDiff(nnUNetTrainer):
         return build_diffusion_network(configuration_manager, num_input_channels, num_output_channels,
                                        cls.diffusion_config(), enable_deep_supervision)
 
+    def _build_loss(self):
+        """nnU-Net's loss with nnU-Net's deep-supervision weights; the 'dice_focal' variant swaps only the loss
+        applied to each output."""
+        loss = super()._build_loss()
+        if self.segmentation_loss == "dice_ce":
+            return loss
+        paper_loss = DiceFocalLoss()
+        if isinstance(loss, DeepSupervisionWrapper):
+            return DeepSupervisionWrapper(paper_loss, loss.weight_factors)
+        return paper_loss
+
     # ------------------------------------------------------------------ training step
-    def sample_timesteps(self, batch_size: int, num_timesteps: int) -> torch.Tensor:
-        """t ~ U{0..num_timesteps-1}, (B,) long on the training device."""
-        return torch.randint(0, num_timesteps, (batch_size,), device=self.device)
+    @property
+    def num_loss_timesteps(self) -> int:
+        """The pass with gradient is trained on t in [0, num_loss_timesteps - 1]: T here, T - 1 when recycling."""
+        return self.num_diffusion_timesteps
+
+    def sample_timesteps(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """t (B,) long in [0, num_loss_timesteps - 1] from the timestep sampler, and the loss weights (B,) float32
+        (all 1 for uniform sampling), both on the training device."""
+        return self.timestep_sampler.sample(batch_size, self.device)
 
     def tau(self, t: torch.Tensor) -> torch.Tensor:
         """Timestep t (B,) in [0, T-1] -> network time tau = (t + 1) / T in (0, 1]."""
@@ -81,16 +143,45 @@ class nnUNetTrainerDiff(nnUNetTrainer):
         labels = target[0] if isinstance(target, list) else target
         return labels_to_x0(labels, self.label_manager.num_segmentation_heads)
 
-    def diffusion_forward(self, data: torch.Tensor, target):
+    @torch.no_grad()
+    def predict_x0_without_grad(self, data: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """First pass of the two-pass strategies: x0_hat = 2 softmax(net(I, x_t, t)) - 1 of the full-resolution
+        output, (B, C, *patch) in [-1, 1], kept soft, no gradient (estimate channels, if any, zero)."""
+        output = self.network(data, x_t, self.tau(t))
+        return x0_from_logits(output[0] if isinstance(output, list) else output)
+
+    def diffusion_forward(self, data: torch.Tensor, target) -> DiffusionStepOutput:
         """Standard diffusion: t ~ U{0..T-1}, x_t = q_sample(x0_gt, t, eps), one forward with gradient.
 
         data: (B, image channels, *patch) normalised image; target: label map(s) as nnU-Net's loader gives them.
-        Returns the network output (logits, or the deep-supervision list) for the shared loss against the target.
+        Returns the network output (logits, or the deep-supervision list) with its timesteps and loss weights, for
+        the shared loss against the target.
         """
         x0 = self.ground_truth_x0(target)
-        t = self.sample_timesteps(x0.shape[0], self.num_diffusion_timesteps)
+        t, weights = self.sample_timesteps(x0.shape[0])
         x_t = self.diffusion.q_sample(x0, t, torch.randn_like(x0))
-        return self.network(data, x_t, self.tau(t))
+        return DiffusionStepOutput(self.network(data, x_t, self.tau(t)), t, weights)
+
+    def diffusion_loss(self, step: DiffusionStepOutput, target) -> torch.Tensor:
+        """The one loss every strategy shares: ``self.loss`` between the pass with gradient and the ground truth.
+
+        Uniform timesteps: exactly the stock batch loss. Importance sampling: the same loss per sample, fed back to
+        the sampler and weighted by 1 / (p(t) T), so its expectation is the uniform-sampling loss (DESIGN §1; the
+        reference code's p(t) T weight would bias it).
+        """
+        if self.timestep_sampling == "uniform":
+            return self.loss(step.output, target)
+        losses = self.per_sample_loss(step.output, target)
+        self.timestep_sampler.update(step.t, losses.detach())
+        return (step.weights * losses).mean()
+
+    def per_sample_loss(self, output, target) -> torch.Tensor:
+        """``self.loss`` of each sample alone (batch Dice becomes that sample's Dice), float32 (B,)."""
+        def sample(x, i):
+            return [level[i:i + 1] for level in x] if isinstance(x, (list, tuple)) else x[i:i + 1]
+
+        batch_size = (target[0] if isinstance(target, list) else target).shape[0]
+        return torch.stack([self.loss(sample(output, i), sample(target, i)).float() for i in range(batch_size)])
 
     def _autocast(self):
         # autocast only on CUDA, like the stock trainer (slow on CPU, unsupported on MPS)
@@ -107,7 +198,8 @@ class nnUNetTrainerDiff(nnUNetTrainer):
         data, target = self._batch_to_device(batch)
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            loss = self.loss(self.diffusion_forward(data, target), target)
+            loss = self.diffusion_loss(self.diffusion_forward(data, target), target)
+        self.ensure_finite_loss(loss)  # before backward: NaN never reaches the weights
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
@@ -119,6 +211,26 @@ class nnUNetTrainerDiff(nnUNetTrainer):
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.optimizer.step()
         return {"loss": loss.detach().cpu().numpy()}
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint, plus the importance sampler's loss statistics so a resumed run keeps its p(t)."""
+        super().save_checkpoint(filename)
+        if self.timestep_sampling == "uniform" or self.local_rank != 0 or self.disable_checkpointing:
+            return  # the same conditions under which nnU-Net writes nothing
+        # nnU-Net builds and writes the checkpoint dict in one call: add the statistics to the written file
+        checkpoint = load_checkpoint_file(filename)
+        checkpoint["timestep_sampler_state"] = self.timestep_sampler.state_dict()
+        atomic_save(lambda temporary: torch.save(checkpoint, temporary), filename)
+
+    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
+        super().load_checkpoint(filename_or_checkpoint)
+        if self.timestep_sampling == "uniform":
+            return
+        checkpoint = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
+            load_checkpoint_file(filename_or_checkpoint)
+        if "timestep_sampler_state" in checkpoint:  # absent when resuming a run that sampled uniformly
+            self.timestep_sampler.load_state_dict(checkpoint["timestep_sampler_state"])
 
     # ------------------------------------------------------------------ per-epoch pseudo validation
     def validation_step(self, batch: dict) -> dict:
@@ -138,6 +250,15 @@ class nnUNetTrainerDiff(nnUNetTrainer):
         # drop the background class, as the stock trainer does
         return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp.detach().cpu().numpy()[1:],
                 "fp_hard": fp.detach().cpu().numpy()[1:], "fn_hard": fn.detach().cpu().numpy()[1:]}
+
+    # ------------------------------------------------------------------ final validation
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        """nnU-Net's final validation with the global-step diffusion predictor in place of the stock one, so
+        validation/summary.json holds the Dice of real samples (see training/diffusion_validation.py)."""
+        from nnunetv2_diffusion.training.diffusion_validation import diffusion_predictor_in_validation
+
+        with diffusion_predictor_in_validation(self):
+            super().perform_actual_validation(save_probabilities)
 
 
 

@@ -2,8 +2,7 @@
 
 import torch
 
-from nnunetv2_diffusion.diffusion.mask_encoding import x0_from_logits
-from nnunetv2_diffusion.training.nnUNetTrainerDiff import nnUNetTrainerDiff
+from nnunetv2_diffusion.training.nnUNetTrainerDiff import DiffusionStepOutput, nnUNetTrainerDiff
 
 
 class nnUNetTrainerDiffRecycle(nnUNetTrainerDiff):
@@ -13,7 +12,13 @@ class nnUNetTrainerDiffRecycle(nnUNetTrainerDiff):
     see the same kind of input. Cost per step: 2 forwards + 1 backward.
     """
 
-    def diffusion_forward(self, data: torch.Tensor, target):
+    diffusion_strategy = "xT_recycling"
+
+    @property
+    def num_loss_timesteps(self) -> int:
+        return self.num_diffusion_timesteps - 1  # t in [0, T-2]: the first pass owns T-1
+
+    def diffusion_forward(self, data: torch.Tensor, target) -> DiffusionStepOutput:
         """1. t ~ U{0..T-2}.
         2. First pass, no gradient, at the last timestep T-1 from pure noise eps (never from the ground truth: the
            reference code's q_sample(x0, T-1) leaks the mask with weight sqrt(abar_{T-1}) ~ 0.006):
@@ -23,11 +28,9 @@ class nnUNetTrainerDiffRecycle(nnUNetTrainerDiff):
         """
         batch_size = data.shape[0]
         num_classes = self.label_manager.num_segmentation_heads
-        t = self.sample_timesteps(batch_size, self.num_diffusion_timesteps - 1)
+        t, weights = self.sample_timesteps(batch_size)
         t_last = torch.full_like(t, self.num_diffusion_timesteps - 1)
         noise = torch.randn((batch_size, num_classes, *data.shape[2:]), device=self.device)
-        with torch.no_grad():
-            first = self.network(data, noise, self.tau(t_last))
-            x0_recycled = x0_from_logits(first[0] if isinstance(first, list) else first)
+        x0_recycled = self.predict_x0_without_grad(data, noise, t_last)
         x_t = self.diffusion.q_sample(x0_recycled, t, torch.randn_like(x0_recycled))
-        return self.network(data, x_t, self.tau(t))
+        return DiffusionStepOutput(self.network(data, x_t, self.tau(t)), t, weights)

@@ -64,8 +64,9 @@ def test_recycling_samples_every_non_final_timestep():
     trainer, q_calls, _ = _spied(nnUNetTrainerDiffRecycle)
     torch.manual_seed(0)
     for _ in range(40):
+        batch = random_batch(trainer)
         with torch.no_grad():
-            trainer.diffusion_forward(**{k: v for k, v in zip(("data", "target"), random_batch(trainer).values())})
+            trainer.diffusion_forward(batch["data"], batch["target"])
     seen = torch.cat([c["t"] for c in q_calls]).unique().tolist()
     assert seen == list(range(T - 1))
 
@@ -88,7 +89,7 @@ def test_train_step_updates_the_weights_and_returns_a_finite_loss(trainer_class)
     before = [p.detach().clone() for p in trainer.network.parameters()]
     loss = trainer.train_step(random_batch(trainer))["loss"]
     assert torch.isfinite(torch.as_tensor(loss))
-    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.network.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.network.parameters(), strict=True))
 
 
 def test_validation_step_reports_foreground_counts_from_a_one_step_prediction():

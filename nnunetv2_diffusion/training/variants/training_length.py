@@ -9,13 +9,18 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunetv2_diffusion.training.nnUNetTrainerDiff import nnUNetTrainerDiff
 from nnunetv2_diffusion.training.nnUNetTrainerDiffRecycle import nnUNetTrainerDiffRecycle
+from nnunetv2_diffusion.training.nnUNetTrainerDiffRecycleNext import nnUNetTrainerDiffRecycleNext
+from nnunetv2_diffusion.training.nnUNetTrainerDiffSelfCond import (
+    nnUNetTrainerDiffSelfCond,
+    nnUNetTrainerDiffSelfCondNext,
+)
 
 
 class _300IterationsMixin:
     """6 epochs x 50 training iterations, 10 pseudo-validation iterations per epoch."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
+                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 6
         self.num_iterations_per_epoch = 50
@@ -26,7 +31,7 @@ class _10IterationsMixin:
     """1 epoch x 10 training iterations, 2 pseudo-validation iterations: smoke tests."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
+                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 1
         self.num_iterations_per_epoch = 10
@@ -45,6 +50,18 @@ class nnUNetTrainerDiffRecycle_300iters(_300IterationsMixin, nnUNetTrainerDiffRe
     pass
 
 
+class nnUNetTrainerDiffRecycleNext_300iters(_300IterationsMixin, nnUNetTrainerDiffRecycleNext):
+    pass
+
+
+class nnUNetTrainerDiffSelfCond_300iters(_300IterationsMixin, nnUNetTrainerDiffSelfCond):
+    pass
+
+
+class nnUNetTrainerDiffSelfCondNext_300iters(_300IterationsMixin, nnUNetTrainerDiffSelfCondNext):
+    pass
+
+
 class nnUNetTrainer_10iters(_10IterationsMixin, nnUNetTrainer):
     pass
 
@@ -54,4 +71,16 @@ class nnUNetTrainerDiff_10iters(_10IterationsMixin, nnUNetTrainerDiff):
 
 
 class nnUNetTrainerDiffRecycle_10iters(_10IterationsMixin, nnUNetTrainerDiffRecycle):
+    pass
+
+
+class nnUNetTrainerDiffRecycleNext_10iters(_10IterationsMixin, nnUNetTrainerDiffRecycleNext):
+    pass
+
+
+class nnUNetTrainerDiffSelfCond_10iters(_10IterationsMixin, nnUNetTrainerDiffSelfCond):
+    pass
+
+
+class nnUNetTrainerDiffSelfCondNext_10iters(_10IterationsMixin, nnUNetTrainerDiffSelfCondNext):
     pass

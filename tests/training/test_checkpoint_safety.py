@@ -1,0 +1,101 @@
+"""Checkpoints are written atomically, load weights-only with clear errors, and NaN losses stop training."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from nnunet_fixtures import make_trainer, random_batch
+
+from nnunetv2_diffusion.training import nnUNetTrainerDiffRecycle
+from nnunetv2_diffusion.training.checkpointing import CheckpointError, load_checkpoint_file
+from nnunetv2_diffusion.training.loss_guard import NonFiniteLossError
+
+
+@pytest.fixture
+def trainer():
+    trainer = make_trainer(nnUNetTrainerDiffRecycle)
+    trainer.inference_allowed_mirroring_axes = (0, 1)
+    trainer.logger.log("train_losses", np.mean([np.float32(0.5)]), 0)  # numpy scalars, as nnU-Net logs them
+    trainer._best_ema = np.float64(0.25)
+    return trainer
+
+
+def test_round_trip_restores_weights_epoch_and_diffusion_settings(trainer, tmp_path):
+    trainer.train_step(random_batch(trainer))
+    trainer.current_epoch = 3
+    path = str(tmp_path / "checkpoint_latest.pth")
+    trainer.save_checkpoint(path)
+    fresh = make_trainer(nnUNetTrainerDiffRecycle)
+    fresh.load_checkpoint(path)
+    assert fresh.current_epoch == 4  # nnU-Net stores epoch + 1
+    for a, b in zip(trainer.network.state_dict().values(), fresh.network.state_dict().values(), strict=True):
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+    assert fresh.network.config == trainer.network.config
+
+
+def test_a_crash_during_saving_keeps_the_previous_checkpoint_whole(trainer, tmp_path, monkeypatch):
+    path = str(tmp_path / "checkpoint_best.pth")
+    trainer.save_checkpoint(path)
+    before = open(path, "rb").read()
+
+    def dying_save(obj, filename, *args, **kwargs):
+        with open(filename, "wb") as f:
+            f.write(b"half a checkpoint")
+        raise KeyboardInterrupt  # what a kill looks like from inside, as far as the file system is concerned
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint(path)
+    assert open(path, "rb").read() == before
+    assert [f for f in os.listdir(tmp_path) if "checkpoint" in f] == ["checkpoint_best.pth"]  # no partial file
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_damaged_checkpoint_gives_one_clear_error_naming_the_file(trainer, tmp_path, damage):
+    path = str(tmp_path / "checkpoint_final.pth")
+    trainer.save_checkpoint(path)
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2] if damage == "truncate" else b"\x00not a checkpoint" * 10)
+    with pytest.raises(CheckpointError, match="checkpoint_final.pth cannot be loaded safely"):
+        trainer.load_checkpoint(path)
+
+
+class _RunsCodeWhenUnpickled:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def test_checkpoint_with_pickled_code_is_refused(tmp_path):
+    path = str(tmp_path / "evil.pth")
+    torch.save({"network_weights": {}, "payload": _RunsCodeWhenUnpickled()}, path)
+    with pytest.raises(CheckpointError, match="evil.pth"):
+        load_checkpoint_file(path)
+    with pytest.raises(pickle.UnpicklingError):  # the payload is refused before anything runs
+        torch.load(path, weights_only=True)
+
+
+def test_missing_and_foreign_files_are_named(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint_file(str(tmp_path / "nope.pth"))
+    torch.save({"state_dict": {}}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="not an nnU-Net checkpoint"):
+        load_checkpoint_file(str(tmp_path / "other.pth"))
+
+
+def test_non_finite_loss_stops_training_naming_epoch_and_iteration(trainer, tmp_path):
+    path = str(tmp_path / "checkpoint_latest.pth")
+    trainer.save_checkpoint(path)
+    before = open(path, "rb").read()
+    trainer.current_epoch = 7
+    trainer._iteration_in_epoch = 12
+    batch = random_batch(trainer)
+    batch["data"][0, 0, 0, 0] = float("nan")
+    weights = [p.detach().clone() for p in trainer.network.parameters()]
+    with pytest.raises(NonFiniteLossError, match="epoch 7, iteration 12"):
+        trainer.train_step(batch)
+    assert open(path, "rb").read() == before
+    # NaN never applied
+    assert all(torch.equal(a, b) for a, b in zip(weights, trainer.network.parameters(), strict=True))
