@@ -1,0 +1,149 @@
+"""Writing predictions without half-written files: nnU-Net's export into a temporary name, then a rename.
+
+Every file lands under ``<output folder>/.partial/`` first and is moved to its final name with ``os.replace``
+(atomic on one file system) only once complete, so an interrupted run leaves finished files and a ``.partial``
+folder, never a truncated ``case.nii.gz`` or ``case.npz`` that ``--continue_prediction``, ``nnUNetv2_ensemble`` or
+an evaluation would take for a result. The functions here run in nnU-Net's spawn export workers, so they are
+module-level and take only picklable arguments.
+"""
+
+import os
+import uuid
+
+import nibabel
+import numpy as np
+import SimpleITK as sitk
+from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+from nnunetv2.imageio.nibabel_reader_writer import NibabelIO, NibabelIOWithReorient
+from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+from nnunetv2.inference.export_prediction import (
+    convert_predicted_logits_to_segmentation_with_correct_shape,
+    export_prediction_from_logits,
+)
+from scipy.special import entr
+
+PARTIAL_FOLDER = ".partial"
+
+
+def partial_name(output_file_truncated: str) -> str:
+    """A unique temporary path (no file ending) in the ``.partial`` folder next to ``output_file_truncated``."""
+    folder = os.path.join(os.path.dirname(os.path.abspath(output_file_truncated)), PARTIAL_FOLDER)
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f"{os.path.basename(output_file_truncated)}.{uuid.uuid4().hex[:12]}")
+
+
+def _move_into_place(temporary_truncated: str, output_file_truncated: str, suffixes: list[str]) -> None:
+    """Renames ``temporary + suffix`` to ``output + suffix`` in the given order; removes leftovers on failure."""
+    try:
+        for suffix in suffixes:
+            os.replace(temporary_truncated + suffix, output_file_truncated + suffix)
+    finally:
+        for suffix in suffixes:
+            if os.path.isfile(temporary_truncated + suffix):
+                os.remove(temporary_truncated + suffix)
+
+
+def remove_partial_folder(output_folder: str) -> None:
+    """Removes ``<output_folder>/.partial`` if it is empty (it is not after an interrupted export)."""
+    try:
+        os.rmdir(os.path.join(output_folder, PARTIAL_FOLDER))
+    except OSError:
+        pass
+
+
+def export_prediction_atomically(log_probabilities: np.ndarray, properties: dict, configuration_manager,
+                                 plans_manager, dataset_json: dict, output_file_truncated: str,
+                                 save_probabilities: bool = False) -> None:
+    """nnU-Net's ``export_prediction_from_logits`` (resampling, un-cropping, segmentation, optional ``.npz``/``.pkl``)
+    written under a temporary name and renamed when complete; the segmentation is renamed last, so its presence
+    means the case is done (what ``--continue_prediction`` checks).
+
+    log_probabilities: (C, *preprocessed shape) float32, handed to nnU-Net as its "logits" (softmax(log p) = p).
+    """
+    temporary = partial_name(output_file_truncated)
+    suffixes = [".npz", ".pkl"] if save_probabilities else []
+    suffixes.append(dataset_json["file_ending"])
+    try:
+        export_prediction_from_logits(log_probabilities, properties, configuration_manager, plans_manager,
+                                      dataset_json, temporary, save_probabilities)
+    except BaseException:
+        for suffix in suffixes:
+            if os.path.isfile(temporary + suffix):
+                os.remove(temporary + suffix)
+        raise
+    _move_into_place(temporary, output_file_truncated, suffixes)
+
+
+def write_float_image(array: np.ndarray, output_file_truncated: str, file_ending: str, properties: dict,
+                      reader_writer) -> str:
+    """Writes a float32 map in the geometry of the input image, atomically; returns the path written.
+
+    nnU-Net's ``write_seg`` casts to uint8/uint16, so float maps need their own writer. The geometry handling
+    follows the dataset's reader/writer: SimpleITK-based ones (spacing, origin, direction, and the original
+    orientation for ``SimpleITKIOWithReorient``) and nibabel-based ones (the original affine, re-orientation for
+    ``NibabelIOWithReorient``). Other readers/writers (PNG, TIFF) get ``<name>.npz`` with the array under ``"map"``.
+
+    array: the map in the layout ``write_seg`` takes for a segmentation of this case: (x, y, z) after nnU-Net's
+        transpose_backward, 2D images as (1, x, y).
+    """
+    array = np.asarray(array, dtype=np.float32)
+    if isinstance(reader_writer, SimpleITKIO):
+        ending = file_ending
+        sitk_stuff = properties["sitk_stuff"]
+        image = sitk.GetImageFromArray(array[0] if len(sitk_stuff["spacing"]) == 2 else array)
+        image.SetSpacing(sitk_stuff["spacing"])
+        image.SetOrigin(sitk_stuff["origin"])
+        image.SetDirection(sitk_stuff["direction"])
+        if "original_orientation" in sitk_stuff:  # SimpleITKIOWithReorient
+            image = sitk.DICOMOrient(image, sitk_stuff["original_orientation"])
+
+        def write(path):
+            sitk.WriteImage(image, path, True)
+    elif isinstance(reader_writer, (NibabelIO, NibabelIOWithReorient)):
+        ending = file_ending
+        nib_stuff = properties["nibabel_stuff"]
+        data = array.transpose((2, 1, 0))
+        if isinstance(reader_writer, NibabelIOWithReorient):
+            image = nibabel.Nifti1Image(data, affine=nib_stuff["reoriented_affine"])
+            from_canonical = ornt_transform(axcodes2ornt("RAS"), io_orientation(nib_stuff["original_affine"]))
+            image = image.as_reoriented(from_canonical)
+        else:
+            image = nibabel.Nifti1Image(data, affine=nib_stuff["original_affine"])
+
+        def write(path):
+            nibabel.save(image, path)
+    else:
+        ending = ".npz"
+
+        def write(path):
+            np.savez_compressed(path, map=array)
+    temporary = partial_name(output_file_truncated)
+    try:
+        write(temporary + ending)
+    except BaseException:
+        if os.path.isfile(temporary + ending):
+            os.remove(temporary + ending)
+        raise
+    _move_into_place(temporary, output_file_truncated, [ending])
+    return output_file_truncated + ending
+
+
+def entropy_of_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """probabilities: (C, *spatial) summing to 1 over C -> per-voxel entropy -sum_c p log p in nats, float32 in
+    [0, log C] (0 log 0 = 0)."""
+    return entr(np.asarray(probabilities, dtype=np.float64)).sum(0).astype(np.float32)
+
+
+def export_uncertainty_map(log_probabilities: np.ndarray, properties: dict, configuration_manager, plans_manager,
+                           dataset_json: dict, output_file_truncated: str) -> str:
+    """Entropy of the predicted probabilities in the input image's geometry.
+
+    The probabilities go through the same resampling, un-cropping and transposition as nnU-Net's probability
+    export (voxels outside the cropped region are background with certainty, entropy 0), then
+    :func:`entropy_of_probabilities` is written with :func:`write_float_image`.
+    """
+    label_manager = plans_manager.get_label_manager(dataset_json)
+    _, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
+        log_probabilities, plans_manager, configuration_manager, label_manager, properties, return_probabilities=True)
+    return write_float_image(entropy_of_probabilities(probabilities), output_file_truncated,
+                             dataset_json["file_ending"], properties, plans_manager.image_reader_writer_class())
