@@ -92,6 +92,6 @@ def random_batch(trainer, batch_size: int = 2, seed: int = 0) -> dict:
         return {"data": data, "target": labels}
     targets = [labels]
     for scale in trainer._get_deep_supervision_scales()[1:]:
-        size = [round(p * s) for p, s in zip(patch, scale)]
+        size = [round(p * s) for p, s in zip(patch, scale, strict=True)]
         targets.append(torch.nn.functional.interpolate(labels, size=size, mode="nearest"))
     return {"data": data, "target": targets}

@@ -18,7 +18,8 @@ pixels (``skimage.measure.EllipseModel``). Fixes are tried in order and each cas
 ``filled`` (plain ``binary_fill_holes``), ``closed_then_filled`` (small gaps in an open outline: dilated by a disk
 of radius 2, 4 or 8 px, filled, eroded by the same disk), ``ellipse_fit`` (large gaps, or an ellipse cut by the image
 border: the fitted ellipse is rasterised inside the image, together with the outline). A case that no fix makes
-plausible raises DatasetConversionError. All 200 shipped cases need no fix.
+plausible raises DatasetConversionError, and so does an empty annotation (every HC18 image shows a head, so an
+empty file is a broken one) or a constant image. All 200 shipped cases need no fix.
 
 Resolution. ``downsample`` (default 4) is the documented reduction for CPU use: images are resized with bilinear
 interpolation and anti-aliasing, masks with nearest neighbour after filling at full resolution (800 x 540 ->
@@ -62,8 +63,10 @@ from nnunetv2_diffusion.dataset_conversion._common import (
     DatasetConversionError,
     RawDatasetWriter,
     build_parser,
+    check_image_intensities,
     read_image,
     require_dir,
+    run_conversion,
     split_off_tail,
     to_grayscale,
     visible_files,
@@ -267,6 +270,7 @@ def convert_hc18(source_folder: str, dataset_id: int = DATASET_ID, overwrite: bo
                 if image.shape != outline.shape:
                     raise DatasetConversionError(case, f"image shape {image.shape} != annotation shape "
                                                        f"{outline.shape} (H, W)")
+                check_image_intensities(image, case, "image")
                 if outline[0].any() or outline[-1].any() or outline[:, 0].any() or outline[:, -1].any():
                     border.append(case)
                 mask, fix, measures = fill_outline(outline, case)
@@ -347,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--downsample", type=int, default=4,
                         help="integer reduction of both image axes (default 4: 800x540 -> 200x135); 1 keeps all")
     args = parser.parse_args(argv)
-    convert_hc18(args.input_folder, args.dataset_id, args.overwrite, args.downsample)
+    run_conversion(parser, lambda: convert_hc18(args.input_folder, args.dataset_id, args.overwrite, args.downsample))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,9 @@ from nnunetv2_diffusion.dataset_conversion._common import (
     DatasetConversionError,
     RawDatasetWriter,
     build_parser,
+    check_image_intensities,
     read_image,
+    run_conversion,
     to_grayscale,
     visible_files,
 )
@@ -134,6 +136,7 @@ def convert_muscle_us(source_folder: str, dataset_id: int = DATASET_ID, overwrit
             mask = read_mask(os.path.join(data_dir, f"{source_split}annot", f"{uid}.png"), uid)
             if image.shape != mask.shape:
                 raise DatasetConversionError(uid, f"image shape {image.shape} != mask shape {mask.shape} (H, W)")
+            check_image_intensities(image, uid, "image")
             if not mask.any():
                 empty_masks.append(uid)
             shapes[f"{image.shape[0]}x{image.shape[1]}"] += 1
@@ -153,13 +156,14 @@ def convert_muscle_us(source_folder: str, dataset_id: int = DATASET_ID, overwrit
         writer.write_json(REPORT_FILE, report)
         folder = writer.finish([{"train": split_of["train"], "val": split_of["val"]}] if split_of["val"] else None)
     print(f"wrote {folder}: images train/val/test {report['num_images']}; moved to keep subjects together: "
-          f"{len(moved)}; images without mask left out: {len(without_mask)}")
+          f"{len(moved)}; images without mask left out: {len(without_mask)}; empty masks kept: {len(empty_masks)}")
     return folder
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser(__doc__.split("\n")[0], DATASET_ID).parse_args(argv)
-    convert_muscle_us(args.input_folder, args.dataset_id, args.overwrite)
+    parser = build_parser(__doc__.split("\n")[0], DATASET_ID)
+    args = parser.parse_args(argv)
+    run_conversion(parser, lambda: convert_muscle_us(args.input_folder, args.dataset_id, args.overwrite))
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from nnunetv2_diffusion.dataset_conversion._common import (
     build_parser,
     convert_nifti_case,
     require_dir,
+    run_conversion,
     summarise_flags,
     visible_files,
 )
@@ -128,7 +129,8 @@ def convert_amos2022(source_folder: str, dataset_id: int = DATASET_ID, overwrite
         writer.write_json(REPORT_FILE, report)
         folder = writer.finish([{"train": sorted(train), "val": sorted(extra_train)}] if paper_validation else None)
     print(f"wrote {folder}: {report['num_cases']['imagesTr']} training / {len(test)} test CT cases"
-          + (f" (fold 0 validation: {len(extra_train)})" if paper_validation else ""))
+          + (f" (fold 0 validation: {len(extra_train)})" if paper_validation else "")
+          + f"; empty labels kept: {len(report.get('empty_label', []))}")
     return folder
 
 
@@ -137,7 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--paper_validation", action="store_true",
                         help="first 10%% of the official validation cases as fold-0 validation set (ImgX-DiffSeg)")
     args = parser.parse_args(argv)
-    convert_amos2022(args.input_folder, args.dataset_id, args.overwrite, args.paper_validation)
+    run_conversion(parser, lambda: convert_amos2022(args.input_folder, args.dataset_id, args.overwrite,
+                                                    args.paper_validation))
 
 
 if __name__ == "__main__":

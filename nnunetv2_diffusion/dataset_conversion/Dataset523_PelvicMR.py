@@ -33,6 +33,7 @@ from nnunetv2_diffusion.dataset_conversion._common import (
     RawDatasetWriter,
     build_parser,
     convert_nifti_case,
+    run_conversion,
     summarise_flags,
 )
 
@@ -120,13 +121,14 @@ def convert_pelvic_mr(source_folder: str, dataset_id: int = DATASET_ID, overwrit
         writer.write_json(REPORT_FILE, report)
         folder = writer.finish([{"train": sorted(train), "val": sorted(val)}] if train else None)
     print(f"wrote {folder}: {len(train)} train + {len(val)} validation (fold 0) / {len(test)} test cases from "
-          f"{len(institutions)} institutions")
+          f"{len(institutions)} institutions; empty labels kept: {len(report.get('empty_label', []))}")
     return folder
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser(__doc__.split("\n")[0], DATASET_ID).parse_args(argv)
-    convert_pelvic_mr(args.input_folder, args.dataset_id, args.overwrite)
+    parser = build_parser(__doc__.split("\n")[0], DATASET_ID)
+    args = parser.parse_args(argv)
+    run_conversion(parser, lambda: convert_pelvic_mr(args.input_folder, args.dataset_id, args.overwrite))
 
 
 if __name__ == "__main__":

@@ -33,11 +33,14 @@ from nnunetv2_diffusion.dataset_conversion._common import (
     Geometry,
     RawDatasetWriter,
     build_parser,
+    check_image_intensities,
     check_same_grid,
     checked_label_array,
     image_like,
     read_image,
+    read_voxels,
     require_dir,
+    run_conversion,
     summarise_flags,
     visible_files,
 )
@@ -102,10 +105,9 @@ def convert_msd_prostate(source_folder: str, dataset_id: int = DATASET_ID, overw
                           preprocessed_root=preprocessed_root) as writer:
         for case in train + test:
             is_test = case in test
-            image = read_image(os.path.join(source_folder, "imagesTs" if is_test else "imagesTr", f"{case}.nii.gz"),
-                               case)
-            arrays, geometry = split_4d(image, len(channels), case)
-            flags[case] = {"label_cast": False, "label_geometry_copied": False}
+            image_file = os.path.join(source_folder, "imagesTs" if is_test else "imagesTr", f"{case}.nii.gz")
+            arrays, geometry = split_4d(read_image(image_file, case), len(channels), case)
+            flags[case] = {"label_cast": False, "label_geometry_copied": False, "empty_label": False}
             if not is_test:
                 label = read_image(os.path.join(source_folder, "labelsTr", f"{case}.nii.gz"), case)
                 if label.GetDimension() != 3:
@@ -113,8 +115,12 @@ def convert_msd_prostate(source_folder: str, dataset_id: int = DATASET_ID, overw
                 flags[case]["label_geometry_copied"] = check_same_grid(geometry, Geometry.of(label), case,
                                                                        "image and label")
                 array, flags[case]["label_cast"] = checked_label_array(label, labels.values(), case)
+                flags[case]["empty_label"] = not array.any()
                 sitk.WriteImage(image_like(array, geometry), writer.label_path(case), useCompression=True)
+            stored = read_voxels(image_file, case)  # SimpleITK reads NaN and inf in NIfTI as 0
             for channel, array in enumerate(arrays):
+                check_image_intensities(stored[channel] if stored.ndim == 4 else stored, case,
+                                        f"channel {channel} ({channels.get(str(channel))})")
                 sitk.WriteImage(image_like(array, geometry), writer.image_path(case, channel, is_test),
                                 useCompression=True)
         writer.write_dataset_json(channels, labels, citation=CITATION, reference="http://medicaldecathlon.com/",
@@ -124,13 +130,15 @@ def convert_msd_prostate(source_folder: str, dataset_id: int = DATASET_ID, overw
                   "num_cases": {"imagesTr": len(train), "imagesTs": len(test)}, **summarise_flags(flags)}
         writer.write_json(REPORT_FILE, report)
         folder = writer.finish()
-    print(f"wrote {folder}: {len(train)} training / {len(test)} unlabelled test cases")
+    print(f"wrote {folder}: {len(train)} training / {len(test)} unlabelled test cases; empty labels kept: "
+          f"{len(report.get('empty_label', []))}")
     return folder
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser(__doc__.split("\n")[0], DATASET_ID).parse_args(argv)
-    convert_msd_prostate(args.input_folder, args.dataset_id, args.overwrite)
+    parser = build_parser(__doc__.split("\n")[0], DATASET_ID)
+    args = parser.parse_args(argv)
+    run_conversion(parser, lambda: convert_msd_prostate(args.input_folder, args.dataset_id, args.overwrite))
 
 
 if __name__ == "__main__":

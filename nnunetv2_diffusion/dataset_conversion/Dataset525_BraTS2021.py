@@ -47,6 +47,7 @@ from nnunetv2_diffusion.dataset_conversion._common import (
     convert_nifti_case,
     read_image,
     require_dir,
+    run_conversion,
     split_off_tail,
     summarise_flags,
     visible_files,
@@ -152,7 +153,8 @@ def convert_brats2021(source_folder: str, dataset_id: int | None = None, overwri
                                 "fold0_val": len(val)}, **summarise_flags(flags)}
         writer.write_json(REPORT_FILE, report)
         folder = writer.finish([{"train": train, "val": val}])
-    print(f"wrote {folder}: {len(train)} train + {len(val)} validation (fold 0) / {len(test)} test cases")
+    print(f"wrote {folder}: {len(train)} train + {len(val)} validation (fold 0) / {len(test)} test cases; "
+          f"empty labels kept: {len(report.get('empty_label', []))}")
     return folder
 
 
@@ -162,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--whole_tumour", action="store_true",
                         help=f"binary whole tumour as in the paper (default id {DATASET_ID_WHOLE_TUMOUR})")
     args = parser.parse_args(argv)
-    convert_brats2021(args.input_folder, args.dataset_id, args.overwrite, args.whole_tumour)
+    run_conversion(parser, lambda: convert_brats2021(args.input_folder, args.dataset_id, args.overwrite,
+                                                     args.whole_tumour))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from nnunetv2_diffusion.dataset_conversion._common import (
     build_parser,
     convert_nifti_case,
     require_dir,
+    run_conversion,
     split_off_tail,
     summarise_flags,
     visible_files,
@@ -74,13 +75,14 @@ def convert_hippocampus(source_folder: str, dataset_id: int = DATASET_ID, overwr
         writer.write_json(REPORT_FILE, report)
         folder = writer.finish([{"train": fit, "val": val}])
     print(f"wrote {folder}: {len(train)} training / {len(test)} test cases, fold 0 validation {len(val)}; "
-          f"labels cast to uint8: {report['label_cast']}")
+          f"labels cast to uint8: {report['label_cast']}; empty labels kept: {len(report.get('empty_label', []))}")
     return folder
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser(__doc__.split("\n")[0], DATASET_ID).parse_args(argv)
-    convert_hippocampus(args.input_folder, args.dataset_id, args.overwrite)
+    parser = build_parser(__doc__.split("\n")[0], DATASET_ID)
+    args = parser.parse_args(argv)
+    run_conversion(parser, lambda: convert_hippocampus(args.input_folder, args.dataset_id, args.overwrite))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Conversion of public datasets into nnU-Net v2 raw datasets (one ``DatasetXXX_Name.py`` module per dataset).
 
-Each module reads one documented source layout, checks every case (missing files, label values, image/label
-geometry), writes ``nnUNet_raw/DatasetXXX_Name`` (``dataset.json``, ``imagesTr``, ``labelsTr``, ``imagesTs``,
-``labelsTs``, ``conversion_report.json``) and, where subjects repeat or the paper fixes a split,
+Each module reads one documented source layout, checks every case (missing or unreadable files, label values,
+image/label geometry, NaN/inf or constant images; empty labels are kept and counted in the report), writes
+``nnUNet_raw/DatasetXXX_Name`` (``dataset.json``, ``imagesTr``, ``labelsTr``, ``imagesTs``, ``labelsTs``,
+``conversion_report.json``) and, where subjects repeat or the paper fixes a split,
 ``nnUNet_preprocessed/DatasetXXX_Name/splits_final.json``. Run one as
 ``python -m nnunetv2_diffusion.dataset_conversion.Dataset520_HC18 -i <source folder>``.
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
+from nnunetv2_diffusion.file_integrity import NIFTI_ENDINGS, nifti_truncation
+
 REPORT_FILE = "conversion_report.json"
 SPLITS_FILE = "splits_final.json"
 
@@ -99,13 +101,37 @@ class Geometry:
 
 
 def read_image(path: str, case: str) -> sitk.Image:
-    """Read an image with SimpleITK; a missing or unreadable file raises DatasetConversionError naming ``case``."""
+    """Read an image with SimpleITK; a missing, unreadable or truncated file raises DatasetConversionError naming
+    ``case`` (SimpleITK itself reads a truncated NIfTI file without error: :mod:`nnunetv2_diffusion.file_integrity`)."""
     if not os.path.isfile(path):
         raise DatasetConversionError(case, f"missing file {path}")
+    if path.endswith(NIFTI_ENDINGS):
+        problem = nifti_truncation(path)
+        if problem is not None:
+            raise DatasetConversionError(case, f"cannot read {path}: {problem}")
     try:
         return sitk.ReadImage(path)
     except RuntimeError as e:
         raise DatasetConversionError(case, f"cannot read {path} ({str(e).strip().splitlines()[-1]})") from e
+
+
+def read_voxels(path: str, case: str) -> np.ndarray:
+    """The voxel values stored in an image file, in SimpleITK's (z, y, x) order for 3D files of one component.
+
+    NIfTI files are read with nibabel: SimpleITK's NIfTI reader (checked with 2.5.7) returns 0 for NaN and inf, so
+    it would hide them here, while nnU-Net's nibabel readers (``NibabelIO``, ``NibabelIOWithReorient``) pass them on.
+    """
+    if not path.endswith(NIFTI_ENDINGS):
+        return sitk.GetArrayViewFromImage(read_image(path, case))
+    import nibabel
+
+    if not os.path.isfile(path):
+        raise DatasetConversionError(case, f"missing file {path}")
+    try:
+        return np.asanyarray(nibabel.load(path).dataobj).T
+    except Exception as e:  # nibabel and zlib raise many types for a damaged file
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise DatasetConversionError(case, f"cannot read {path} ({reason})") from e
 
 
 def read_geometry(path: str, case: str) -> Geometry:
@@ -161,6 +187,25 @@ def checked_label_array(label: sitk.Image, allowed: Iterable[int], case: str) ->
     if unexpected:
         raise DatasetConversionError(case, f"label values {unexpected} outside the documented set {allowed}")
     return array.astype(np.uint8), array.dtype != np.uint8
+
+
+def check_image_intensities(array: np.ndarray, case: str, what: str) -> None:
+    """Refuse an image channel that nnU-Net would normalise into garbage without a word.
+
+    NaN or infinite values spread through nnU-Net's normalisation (the z-score's mean and std become NaN) into every
+    training batch and prediction of the case. A constant image (zero variance) has nothing to segment from, and
+    nnU-Net's z-score, ``(x - mean) / max(std, 1e-8)``, silently turns it into zeros.
+    """
+    if array.dtype.kind == "f":
+        non_finite = int(np.count_nonzero(~np.isfinite(array)))
+        if non_finite:
+            raise DatasetConversionError(case, f"{what} holds {non_finite} NaN or infinite values")
+    if array.size == 0:
+        raise DatasetConversionError(case, f"{what} is empty (shape {array.shape})")
+    low, high = array.min(), array.max()
+    if low == high:
+        raise DatasetConversionError(case, f"{what} is constant (every voxel is {low.item()}): zero variance, no "
+                                           f"intensity to segment from")
 
 
 def image_like(array: np.ndarray, geometry: Geometry) -> sitk.Image:
@@ -354,9 +399,12 @@ def convert_nifti_case(writer: RawDatasetWriter, case: str, image_files: Sequenc
     """Check and write one 3D case whose channels are separate files.
 
     Every channel must lie on the label's grid (shape and spacing; tiny origin/direction noise is repaired on the
-    label and reported). ``.nii.gz`` channels are copied byte for byte; other formats are rewritten as ``.nii.gz``.
+    label and reported). Every channel is read and checked by :func:`check_image_intensities` (no NaN/inf, not
+    constant); ``.nii.gz`` channels are then copied byte for byte, other formats rewritten as ``.nii.gz``.
     The label is checked against ``allowed_labels``, mapped by ``label_map`` if given, and written as uint8.
-    Returns flags for the report: ``label_cast`` (stored type was not uint8), ``label_geometry_copied``.
+    Returns flags for the report: ``label_cast`` (stored type was not uint8), ``label_geometry_copied``,
+    ``empty_label`` (no foreground voxel after ``label_map``: kept, since a case without the structure is valid
+    training data, but listed so that a broken export shows up).
     """
     geometries = [read_geometry(f, case) for f in image_files]
     for i, g in enumerate(geometries):
@@ -364,7 +412,7 @@ def convert_nifti_case(writer: RawDatasetWriter, case: str, image_files: Sequenc
             raise DatasetConversionError(case, f"channel {i} ({image_files[i]}) has {g.components} components")
         if i > 0:
             check_same_grid(geometries[0], g, case, f"channel 0 and channel {i}")
-    flags = {"label_cast": False, "label_geometry_copied": False}
+    flags = {"label_cast": False, "label_geometry_copied": False, "empty_label": False}
     if label_file is not None:
         label = read_image(label_file, case)
         if label.GetDimension() != len(geometries[0].size):
@@ -374,8 +422,10 @@ def convert_nifti_case(writer: RawDatasetWriter, case: str, image_files: Sequenc
         array, flags["label_cast"] = checked_label_array(label, allowed_labels, case)
         if label_map is not None:
             array = label_map(array).astype(np.uint8)
+        flags["empty_label"] = not array.any()
         sitk.WriteImage(image_like(array, geometries[0]), writer.label_path(case, test), useCompression=True)
     for channel, src in enumerate(image_files):
+        check_image_intensities(read_voxels(src, case), case, f"channel {channel} ({src})")
         dst = writer.image_path(case, channel, test)
         if src.endswith(".nii.gz"):
             shutil.copyfile(src, dst)
@@ -388,6 +438,16 @@ def summarise_flags(flags: dict[str, dict]) -> dict[str, list[str]]:
     """{flag: [cases where it is True]} from {case: {flag: bool}}."""
     names = sorted({k for f in flags.values() for k in f})
     return {k: sorted(c for c, f in flags.items() if f.get(k)) for k in names}
+
+
+def run_conversion(parser: argparse.ArgumentParser, convert: Callable[[], str]) -> str:
+    """Calls ``convert`` for a script's ``main``: bad input (:class:`DatasetConversionError`, an existing target or a
+    missing source folder) ends the command like ``parser.error`` does, with one line on stderr and exit status 1;
+    nothing has been written then (the staging folder is removed on the way out)."""
+    try:
+        return convert()
+    except (DatasetConversionError, FileExistsError, FileNotFoundError) as e:
+        parser.exit(1, f"{parser.prog}: error: {e}\n")
 
 
 def build_parser(description: str, default_id: int | None, id_help: str | None = None) -> argparse.ArgumentParser:

@@ -1,24 +1,32 @@
 """``nnUNetv2_predict_diffusion``: ``nnUNetv2_predict`` with the global-step diffusion predictor.
 
 Every stock flag comes from nnU-Net's own parser (see :func:`stock_predict_parser`), so the two commands cannot drift
-apart; the diffusion flags are added on top. Bad input (a model that is not a diffusion model, an incompatible
-``--ensemble_with`` model, out-of-range options) stops the command with a one-line message and exit status 1 before
-any case is read.
+apart; the diffusion flags are added on top. Bad input (an unknown trainer or configuration, a missing or
+non-diffusion model, an incompatible ``--ensemble_with`` model, out-of-range options, a missing or empty input folder,
+unreadable or NaN images) stops the command with a one-line message and exit status 1 before anything is written to
+the output folder.
 """
 
 import argparse
 import contextlib
 import io
 import multiprocessing
+import os
 import sys
 
 import torch
-from batchgenerators.utilities.file_and_folder_operations import isdir, maybe_mkdir_p
+from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join
 from nnunetv2.inference.predict_from_raw_data import predict_entry_point
 from nnunetv2.utilities.file_path_utilities import get_output_folder
+from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
 from nnunetv2_diffusion.diffusion.samplers import SAMPLERS
-from nnunetv2_diffusion.inference.predictor import DEFAULT_SEED, DiffusionPredictorError, nnUNetDiffusionPredictor
+from nnunetv2_diffusion.inference.predictor import (
+    DEFAULT_SEED,
+    DiffusionPredictorError,
+    nnUNetDiffusionPredictor,
+    read_json_file,
+)
 
 DEFAULT_TRAINER = "nnUNetTrainerDiffRecycle"
 PROGRAM = "nnUNetv2_predict_diffusion"
@@ -112,8 +120,46 @@ def _device(name: str) -> torch.device:
     raise DiffusionPredictorError(f"-device must be cpu, cuda or mps (got {name})")
 
 
+def _trainer_exists(name: str) -> bool:
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net narrates its search
+            recursive_find_trainer_class_by_name(name)
+    except (RuntimeError, AssertionError):
+        return False
+    return True
+
+
+def check_requested_model(model_folder: str, trainer: str, plans: str, configuration: str) -> None:
+    """The model folder ``-tr/-p/-c`` point to exists and its plans hold ``-c``; otherwise says which of the three
+    is wrong and lists the models trained for the dataset."""
+    plans_file = join(model_folder, "plans.json")
+    if isdir(model_folder):
+        if isfile(plans_file):
+            configurations = read_json_file(plans_file).get("configurations", {})
+            if configuration not in configurations:
+                raise DiffusionPredictorError(f"plans file {plans_file} has no configuration {configuration} (-c); "
+                                              f"it has: {', '.join(configurations)}")
+        return
+    reasons = [] if _trainer_exists(trainer) else [f"no trainer class named {trainer} (-tr) is installed"]
+    dataset_folder = os.path.dirname(model_folder)
+    trained = sorted(d for d in os.listdir(dataset_folder) if d.count("__") == 2
+                     and isdir(join(dataset_folder, d))) if isdir(dataset_folder) else []
+    for other in trained:
+        if other.split("__")[1] == plans and isfile(join(dataset_folder, other, "plans.json")):
+            configurations = read_json_file(join(dataset_folder, other, "plans.json")).get("configurations", {})
+            if configuration not in configurations:
+                reasons.append(f"the {plans} plans have no configuration {configuration} (-c); they have: "
+                               f"{', '.join(configurations)}")
+                break
+    reasons.append(f"models trained for this dataset: {', '.join(trained)}" if trained
+                   else f"{dataset_folder} holds no trained model")
+    raise DiffusionPredictorError(f"no model for -tr {trainer} -p {plans} -c {configuration}: {model_folder} does not "
+                                  f"exist; {'; '.join(reasons)}")
+
+
 def run(args: argparse.Namespace) -> None:
-    """Checks everything, loads the model(s), then predicts (what the command does after parsing)."""
+    """Checks everything, loads the model(s), then predicts (what the command does after parsing). Nothing is
+    written before every check has passed; the predictor checks the input cases before it writes."""
     folds = [f if f == "all" else int(f) for f in args.f]
     if not isdir(args.i):
         raise DiffusionPredictorError(f"input folder {args.i} does not exist")
@@ -123,6 +169,7 @@ def run(args: argparse.Namespace) -> None:
         model_folder = get_output_folder(args.d, args.tr, args.p, args.c)
     except (RuntimeError, ValueError) as e:
         raise DiffusionPredictorError(" ".join(str(e).split())) from None
+    check_requested_model(model_folder, args.tr, args.p, args.c)
     predictor = nnUNetDiffusionPredictor(
         tile_step_size=args.step_size, use_gaussian=True, use_mirroring=not args.disable_tta,
         perform_everything_on_device=not args.not_on_device, device=_device(args.device), verbose=args.verbose,
@@ -132,7 +179,6 @@ def run(args: argparse.Namespace) -> None:
     predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk)
     if args.ensemble_with is not None:
         predictor.initialize_ensemble_model(args.ensemble_with, folds, checkpoint_name=args.chk)
-    maybe_mkdir_p(args.o)
     if args.npp == 0 and args.nps == 0:
         predictor.predict_from_files_sequential(args.i, args.o, save_probabilities=args.save_probabilities,
                                                 overwrite=not args.continue_prediction,

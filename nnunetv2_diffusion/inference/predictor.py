@@ -14,17 +14,22 @@ temporary names and renamed when complete; optional K samples per case with an e
 and a probability ensemble with a stock nnU-Net model.
 """
 
+import contextlib
 import hashlib
+import io
+import json
 import multiprocessing
 import os
+import re
 from dataclasses import dataclass
+from importlib.metadata import version as package_version
 from time import sleep
 
 import numpy as np
 import torch
 from acvl_utils.cropping_and_padding.padding import pad_nd_image
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
-from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, save_json
+from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, save_json, subfiles
 from nnunetv2.configuration import default_num_processes
 from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -39,9 +44,11 @@ from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from nnunetv2_diffusion import __version__
 from nnunetv2_diffusion.diffusion.config import DiffusionConfig
 from nnunetv2_diffusion.diffusion.mask_encoding import no_estimate_like, probabilities_from_x0
 from nnunetv2_diffusion.diffusion.samplers import SAMPLERS
+from nnunetv2_diffusion.file_integrity import NIFTI_ENDINGS, nifti_truncation
 from nnunetv2_diffusion.inference.export import (
     export_prediction_atomically,
     export_uncertainty_map,
@@ -190,6 +197,8 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
         self.model_source: str | None = None
         self.ensemble_predictor: nnUNetPredictor | None = None
         self.ensemble_source: str | None = None
+        self.folds: list | None = None  # set by initialize_from_trained_model_folder
+        self.checkpoint_name: str | None = None
 
     # ------------------------------------------------------------------ loading the models
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds,
@@ -198,6 +207,7 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
         (:class:`DiffusionPredictorError`) before anything is predicted."""
         folds = _check_model_folder(model_training_output_dir, use_folds, checkpoint_name, require_diffusion=True)
         super().initialize_from_trained_model_folder(model_training_output_dir, folds, checkpoint_name)
+        self.folds, self.checkpoint_name = folds, checkpoint_name
         self._finish_initialization(model_training_output_dir)
 
     def manual_initialization(self, network, plans_manager, configuration_manager, parameters, dataset_json,
@@ -396,8 +406,14 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
                            folder_with_segs_from_prev_stage: str = None, num_parts: int = 1, part_id: int = 0):
         """nnU-Net's file-level entry; also records the diffusion settings in ``diffusion_settings.json``.
         ``num_processes_preprocessing=0`` preprocesses in this process, ``num_processes_segmentation_export=0``
-        exports in this process."""
+        exports in this process.
+
+        Before anything is written, every input case this call will predict is listed and read once
+        (:meth:`check_input_files`): a bad input raises :class:`DiffusionPredictorError` with the output folder
+        untouched, instead of failing half-way with some cases written."""
         output = output_folder_or_list_of_truncated_output_files
+        self.check_input_files(list_of_lists_or_source_folder, output, save_probabilities, overwrite,
+                               folder_with_segs_from_prev_stage, num_parts, part_id)
         folder = output if isinstance(output, str) else os.path.dirname(output[0]) if output else None
         if folder:
             os.makedirs(folder, exist_ok=True)
@@ -416,16 +432,51 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
         return self.predict_from_files(list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
                                        save_probabilities, overwrite, 0, 0, folder_with_segs_from_prev_stage)
 
+    def check_input_files(self, list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files=None,
+                          save_probabilities: bool = False, overwrite: bool = True,
+                          folder_with_segs_from_prev_stage: str | None = None, num_parts: int = 1,
+                          part_id: int = 0) -> list[list[str]]:
+        """The cases :meth:`predict_from_files` with these arguments would predict (nnU-Net's selection: this part
+        of ``num_parts``, without those already written when not ``overwrite``), each read once with the model's
+        image reader. Raises :class:`DiffusionPredictorError` naming the folder or file for: a missing input folder,
+        no file with the dataset's ending, a file not named ``<case>_XXXX<ending>``, a case without exactly the
+        model's channels, a missing or unreadable file, channels nnU-Net's reader refuses to combine, NaN or
+        infinite values. Costs one extra read of every input image."""
+        source = list_of_lists_or_source_folder
+        num_channels = len(self.dataset_json.get("channel_names", self.dataset_json.get("modality", {})))
+        if isinstance(source, str):
+            cases = list_input_cases(source, self.dataset_json["file_ending"], num_channels)
+        elif all(isinstance(files, (list, tuple)) for files in source):
+            cases = [list(files) for files in source]
+        else:
+            raise DiffusionPredictorError("the input must be a folder or a list of cases, each a list of channel files")
+        with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net prints its case counts; it will again
+            cases, _, _ = self._manage_input_and_output_lists(
+                cases, output_folder_or_list_of_truncated_output_files, folder_with_segs_from_prev_stage, overwrite,
+                part_id, num_parts, save_probabilities)
+        check_input_images(cases, self.plans_manager.image_reader_writer_class)
+        return cases
+
     def settings(self) -> dict:
-        """The sampling settings in effect (JSON-serialisable)."""
+        """What decides the sampled segmentation besides the model weights and the input (JSON-serialisable):
+        with these values, the same model folder and the same input, a run on the same device and software
+        reproduces the output exactly (CPU; GPU kernels may differ in the last bits)."""
         config: DiffusionConfig = self.diffusion_network.config
-        return {"model": self.model_source, "sampler": type(self.sampler).__name__,
-                "steps": self.sampler.num_inference_steps, "eta": getattr(self.sampler, "eta", None),
-                "training_timesteps": config.num_timesteps, "schedule": config.schedule, "seed": self.seed,
+        return {"model": self.model_source, "folds": self.folds, "checkpoint": self.checkpoint_name,
+                "sampler": self.sampler_name or config.sampler,
+                "sampler_class": type(self.sampler).__name__, "steps": self.sampler.num_inference_steps,
+                "timesteps": [int(t) for t in self.sampler.timesteps.tolist()],
+                "eta": getattr(self.sampler, "eta", None), "training_timesteps": config.num_timesteps,
+                "schedule": config.schedule, "seed": self.seed,
+                "seed_rule": "per case, fold and sample: blake2b(seed, case shape, fold, sample, case content)",
                 "num_samples": self.num_samples, "save_steps": self.save_steps,
                 "ensemble_with": self.ensemble_source,
                 "ensemble_weight": self.ensemble_weight if self.ensemble_source else None,
-                "tile_step_size": self.tile_step_size, "use_mirroring": self.use_mirroring}
+                "tile_step_size": self.tile_step_size, "use_gaussian": self.use_gaussian,
+                "use_mirroring": self.use_mirroring, "device": str(self.device),
+                "perform_everything_on_device": self.perform_everything_on_device,
+                "versions": {"nnunetv2_diffusion": __version__, "nnunetv2": package_version("nnunetv2"),
+                             "torch": torch.__version__}}
 
     def _internal_get_data_iterator_from_lists_of_filenames(self, input_list_of_lists, seg_from_prev_stage_files,
                                                             output_filenames_truncated, num_processes: int):
@@ -552,14 +603,32 @@ def _check_options(sampler, steps, eta, num_samples, ensemble_weight) -> None:
         raise DiffusionPredictorError(f"ensemble_weight must be in [0, 1] (got {ensemble_weight})")
 
 
+def read_json_file(path: str) -> dict:
+    """A JSON object from ``path``; a missing, unreadable or malformed file raises DiffusionPredictorError."""
+    try:
+        with open(path) as f:
+            content = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DiffusionPredictorError(f"{path} cannot be read as JSON ({e})") from None
+    if not isinstance(content, dict):
+        raise DiffusionPredictorError(f"{path} does not hold a JSON object")
+    return content
+
+
 def _check_model_folder(folder: str, use_folds, checkpoint_name: str, require_diffusion: bool) -> list:
-    """Checks a trained model folder and returns its folds; with ``require_diffusion`` also that every checkpoint
-    comes from a diffusion trainer and carries the same diffusion settings."""
+    """Checks a trained model folder and returns its folds: readable dataset.json and plans.json, every checkpoint
+    loadable weights-only (:func:`load_checkpoint_file`) and trained for a configuration the plans hold; with
+    ``require_diffusion`` also that every checkpoint comes from a diffusion trainer and carries the same diffusion
+    settings. nnU-Net's loader then reads the checkpoints again with ``weights_only=False``; the weights-only load
+    here refuses, before that, any file holding objects other than tensors and plain data."""
     if not isdir(folder):
         raise DiffusionPredictorError(f"model folder {folder} does not exist")
+    contents = {}
     for name in ("dataset.json", "plans.json"):
         if not isfile(join(folder, name)):
             raise DiffusionPredictorError(f"{folder} is not a trained nnU-Net model folder: {name} is missing")
+        contents[name] = read_json_file(join(folder, name))
+    configurations = contents["plans.json"].get("configurations", {})
     if use_folds is None:
         use_folds = nnUNetPredictor.auto_detect_available_folds(folder, checkpoint_name)
     folds = [use_folds] if isinstance(use_folds, (str, int)) else list(use_folds)
@@ -571,12 +640,16 @@ def _check_model_folder(folder: str, use_folds, checkpoint_name: str, require_di
         path = join(folder, f"fold_{fold}", checkpoint_name)
         if not isfile(path):
             raise DiffusionPredictorError(f"checkpoint {path} does not exist (choose the folds with -f)")
-        if not require_diffusion:
-            continue
         try:
             checkpoint = load_checkpoint_file(path)
         except CheckpointError as e:
             raise DiffusionPredictorError(str(e)) from None
+        configuration = (checkpoint.get("init_args") or {}).get("configuration")
+        if configuration not in configurations:
+            raise DiffusionPredictorError(f"{join(folder, 'plans.json')} has no configuration {configuration!r}, the "
+                                          f"one {path} was trained with (it has: {', '.join(configurations)})")
+        if not require_diffusion:
+            continue
         trainer_name = checkpoint.get("trainer_name")
         try:
             trainer_class = recursive_find_trainer_class_by_name(trainer_name)
@@ -598,6 +671,67 @@ def _check_model_folder(folder: str, use_folds, checkpoint_name: str, require_di
         raise DiffusionPredictorError(f"the folds of {folder} were trained with different diffusion settings: "
                                       f"{ {f: c.to_dict() for f, c in configs.items()} }")
     return folds
+
+
+def list_input_cases(folder: str, file_ending: str, num_channels: int) -> list[list[str]]:
+    """The cases of an input folder as nnU-Net lists them (``create_lists_from_splitted_dataset_folder``: files
+    ``<case>_XXXX<file_ending>``, one per channel, sorted), without its process pool and with the checks it lacks:
+    the folder exists and holds files with the ending, every such file is named ``<case>_XXXX<ending>``, every case
+    has exactly the channels ``_0000`` .. of the model."""
+    if not isdir(folder):
+        raise DiffusionPredictorError(f"input folder {folder} does not exist")
+    names = subfiles(folder, suffix=file_ending, join=False, sort=True)
+    if not names:
+        raise DiffusionPredictorError(f"input folder {folder} holds no {file_ending} files (the file ending in the "
+                                      f"model's dataset.json); images must be named <case>_0000{file_ending}")
+    pattern = re.compile(r"(.+)_(\d{4})" + re.escape(file_ending))
+    channels_of: dict[str, dict[int, str]] = {}
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match is None:
+            raise DiffusionPredictorError(f"input file {join(folder, name)} is not named <case>_XXXX{file_ending} "
+                                          f"(XXXX: the 4-digit channel index nnU-Net expects)")
+        channels_of.setdefault(match.group(1), {})[int(match.group(2))] = join(folder, name)
+    cases = []
+    for case, channels in sorted(channels_of.items()):
+        if sorted(channels) != list(range(num_channels)):
+            found = ", ".join(f"_{c:04d}" for c in sorted(channels))
+            raise DiffusionPredictorError(f"case {case} in {folder} has channel files {found}; the model takes "
+                                          f"{num_channels} channel(s), _0000 to _{num_channels - 1:04d}")
+        cases.append([channels[c] for c in range(num_channels)])
+    return cases
+
+
+def check_input_images(cases: list[list[str]], reader_class) -> None:
+    """Reads every case (a list of channel files) with nnU-Net's reader class, as its preprocessing will, and refuses
+    a missing, unreadable or truncated (NIfTI: :func:`nifti_truncation`) file, channels the reader will not combine
+    (other shape or spacing) and NaN or infinite values, which would spread through normalisation into the whole
+    prediction. (SimpleITK's NIfTI reader already returns 0 for NaN and inf, so with ``SimpleITKIO`` those reach the
+    model as zeros and are not seen here.)"""
+    for files in cases:
+        for path in files:
+            if not isfile(path):
+                raise DiffusionPredictorError(f"input image {path} does not exist")
+            problem = nifti_truncation(path) if path.endswith(NIFTI_ENDINGS) else None
+            if problem is not None:  # SimpleITK would read it and fill the missing voxels with zeros
+                raise DiffusionPredictorError(f"input image {path} cannot be read: {problem}")
+        said = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(said):
+                data, _ = reader_class().read_images(files)
+        except Exception as e:  # readers raise RuntimeError, OSError, ValueError, ImageFileError, ... when damaged
+            # SimpleITK opens with "Exception thrown in <function>: <source file>:<line>:", then says what happened
+            reason = " ".join(line.strip() for line in str(e).strip().splitlines()
+                              if not line.startswith("Exception thrown in"))
+            errors = [line for line in said.getvalue().splitlines() if line.startswith("ERROR")]
+            reason = reason or (errors[0] if errors else type(e).__name__)
+            raise DiffusionPredictorError(f"input image {', '.join(files)} cannot be read by {reader_class.__name__}: "
+                                          f"{reason}") from None
+        for channel in range(len(data)):
+            non_finite = int(np.count_nonzero(~np.isfinite(data[channel])))
+            if non_finite:
+                name = files[channel] if len(files) == len(data) else ", ".join(files)  # a file may hold channels
+                raise DiffusionPredictorError(f"input image {name} holds {non_finite} NaN or infinite values")
 
 
 def _check_same_labels(ours: dict, theirs: dict, our_source: str, their_source: str) -> None:

@@ -95,8 +95,9 @@ class DiffusionSegmentationUNet(nn.Module):
     def make_sampler(self, name: str | None = None, steps: int | None = None, eta: float | None = None):
         """A DDPM/DDIM sampler on this model's training schedule; arguments default to the stored config."""
         name = name or self.config.sampler
-        sampler = make_sampler(name, alphas_cumprod=make_alphas_cumprod(self.config.schedule, self.config.num_timesteps),
-                               eta=(self.config.eta if eta is None else eta) if name == "ddim" else 0.0)
+        alphas_cumprod = make_alphas_cumprod(self.config.schedule, self.config.num_timesteps)
+        eta = (self.config.eta if eta is None else eta) if name == "ddim" else 0.0
+        sampler = make_sampler(name, alphas_cumprod=alphas_cumprod, eta=eta)
         sampler.set_timesteps(steps or self.config.sampling_steps)
         return sampler
 

@@ -5,6 +5,7 @@ nnU-Net writes checkpoints with a plain ``torch.save`` (a kill during the write 
 """
 
 import os
+import re
 
 import numpy as np
 import torch
@@ -32,7 +33,8 @@ def load_checkpoint_file(path: str, map_location="cpu") -> dict:
         with torch.serialization.safe_globals(_NUMPY_SCALAR_GLOBALS):
             checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ... depending on the damage
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()  # torch colours parts of its message
+        reason = text.splitlines()[0] if text else type(e).__name__
         raise CheckpointError(f"checkpoint {path} cannot be loaded safely: it is truncated, corrupted or holds "
                               f"objects other than weights and plain data ({reason})") from None
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:

@@ -11,6 +11,7 @@ from nnunetv2_diffusion.dataset_conversion._common import (
     DatasetConversionError,
     Geometry,
     RawDatasetWriter,
+    check_image_intensities,
     check_same_grid,
     check_splits,
     checked_label_array,
@@ -117,3 +118,15 @@ def test_to_grayscale():
     assert to_grayscale(np.zeros((2, 3, 3), np.uint8) + [255, 0, 0], "c", "image").max() == 76
     with pytest.raises(DatasetConversionError):
         to_grayscale(np.zeros((2, 3, 2), np.uint8), "c", "image")
+
+
+def test_check_image_intensities():
+    check_image_intensities(np.array([[0.0, 1.5], [2.0, -3.0]], np.float32), "c", "image")
+    check_image_intensities(np.array([[0, 255]], np.uint8), "c", "image")
+    for bad in (np.nan, np.inf, -np.inf):
+        with pytest.raises(DatasetConversionError, match=r"case c4: channel 1 \(x.nii.gz\) holds 1 NaN or infinite"):
+            check_image_intensities(np.array([[0.0, bad], [2.0, 1.0]], np.float32), "c4", "channel 1 (x.nii.gz)")
+    with pytest.raises(DatasetConversionError, match=r"case c5: image is constant \(every voxel is 7\)"):
+        check_image_intensities(np.full((3, 4), 7, np.uint8), "c5", "image")
+    with pytest.raises(DatasetConversionError, match="case c6: image is constant"):
+        check_image_intensities(np.zeros((2, 3, 4), np.float32), "c6", "image")

@@ -92,6 +92,11 @@ def test_fill_outline_fixes():
         assert dice > 0.97, (case, dice)
 
 
+def test_empty_annotation_is_refused():
+    with pytest.raises(DatasetConversionError, match="case c8: annotation is empty"):
+        hc18.fill_outline(np.zeros((H, W), bool), "c8")
+
+
 def test_fill_outline_rejects_scribble():
     scribble = np.zeros((H, W), bool)
     scribble[10, 10:60] = True
@@ -150,7 +155,7 @@ def test_refuses_existing_unless_overwrite(converted, tmp_path):
     assert label.shape == (48, 64)
 
 
-@pytest.mark.parametrize("problem", ["value", "shape", "missing"])
+@pytest.mark.parametrize("problem", ["value", "shape", "missing", "corrupt"])
 def test_bad_annotation(tmp_path, problem):
     source = tmp_path / "source"
     os.makedirs(source / "image")
@@ -161,11 +166,27 @@ def test_bad_annotation(tmp_path, problem):
         outline[0, 0] = 128
     if problem == "shape":
         outline = outline[:-2]
-    if problem != "missing":
+    if problem == "corrupt":
+        (source / "annotation" / "000_HC_Annotation.png").write_bytes(b"\x89PNG\r\n\x1a\n cut off")
+    elif problem != "missing":
         sitk.WriteImage(sitk.GetImageFromArray(outline), str(source / "annotation" / "000_HC_Annotation.png"))
     before = snapshot(source)
-    match = {"value": r"000_HC.*\[128\]", "shape": "000_HC.*shape", "missing": "000_HC.*missing"}[problem]
+    match = {"value": r"000_HC.*\[128\]", "shape": "000_HC.*shape", "missing": "000_HC.*missing",
+             "corrupt": "case 000_HC: cannot read .*000_HC_Annotation.png"}[problem]
     with pytest.raises(DatasetConversionError, match=match):
+        hc18.convert_hc18(str(source), raw_root=str(tmp_path / "raw"), preprocessed_root=str(tmp_path / "pre"))
+    assert snapshot(source) == before
+    assert os.listdir(tmp_path / "raw") == []
+
+
+def test_constant_image_is_refused_after_its_annotation_checks(tmp_path):
+    source = tmp_path / "source"
+    os.makedirs(source / "image")
+    os.makedirs(source / "annotation")
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((H, W), 40, np.uint8)), str(source / "image" / "000_HC.png"))
+    sitk.WriteImage(sitk.GetImageFromArray(_outline("000_HC")), str(source / "annotation" / "000_HC_Annotation.png"))
+    before = snapshot(source)
+    with pytest.raises(DatasetConversionError, match=r"case 000_HC: image is constant \(every voxel is 40\)"):
         hc18.convert_hc18(str(source), raw_root=str(tmp_path / "raw"), preprocessed_root=str(tmp_path / "pre"))
     assert snapshot(source) == before
     assert os.listdir(tmp_path / "raw") == []
@@ -185,3 +206,19 @@ def test_command_line(converted, tmp_path):
     assert "ellipse_fit': 2" in run.stdout
     assert os.path.isfile(tmp_path / "raw" / "Dataset901_HC18" / "labelsTr" / "000_HC.png")
     assert os.path.isfile(tmp_path / "pre" / "Dataset901_HC18" / "splits_final.json")
+
+
+def test_command_line_reports_bad_input_in_one_line(tmp_path, capsys, nnunet_env):
+    source = tmp_path / "source"
+    os.makedirs(source / "image")
+    os.makedirs(source / "annotation")
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((H, W), 40, np.uint8)), str(source / "image" / "000_HC.png"))
+    sitk.WriteImage(sitk.GetImageFromArray(_outline("000_HC")), str(source / "annotation" / "000_HC_Annotation.png"))
+    with pytest.raises(SystemExit) as stopped:
+        hc18.main(["-i", str(source), "-d", "902"])
+    assert stopped.value.code == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert error.endswith("error: case 000_HC: image is constant (every voxel is 40): zero variance, no intensity to "
+                          "segment from\n")
+    assert os.listdir(nnunet_env["nnUNet_raw"]) == []

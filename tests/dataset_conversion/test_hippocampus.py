@@ -70,7 +70,8 @@ def test_conversion(tmp_path):
     assert report["label_cast"] == ["hippocampus_003"] and report["label_geometry_copied"] == []
 
 
-@pytest.mark.parametrize("problem", ["label_value", "non_integer", "spacing", "shape", "missing_label"])
+@pytest.mark.parametrize("problem", ["label_value", "non_integer", "spacing", "shape", "missing_label",
+                                     "truncated_label"])
 def test_bad_case(tmp_path, problem):
     source = make_source(tmp_path / "source")
     path = source / "labelsTr" / "hippocampus_006.nii.gz"
@@ -84,6 +85,9 @@ def test_bad_case(tmp_path, problem):
         write_volume(path, label, spacing=(1.0, 1.0, 1.5))
     elif problem == "shape":
         write_volume(path, label[:-1])
+    elif problem == "truncated_label":  # SimpleITK alone would read it, zero-filled
+        data = open(path, "rb").read()
+        path.write_bytes(data[:len(data) // 2])
     else:
         os.remove(path)
     before = snapshot(source)
@@ -101,3 +105,40 @@ def test_refuses_existing(tmp_path):
     with pytest.raises(FileExistsError):
         convert_hippocampus(str(source), **kwargs)
     convert_hippocampus(str(source), overwrite=True, **kwargs)
+
+
+@pytest.mark.parametrize("problem,message", [("nan", "holds 1 NaN or infinite values"),
+                                             ("inf", "holds 2 NaN or infinite values"),
+                                             ("constant", "is constant (every voxel is 12.5)")],
+                         ids=["nan", "inf", "constant"])
+def test_nan_or_constant_image_is_refused(tmp_path, problem, message):
+    source = make_source(tmp_path / "source")
+    path = source / "imagesTr" / "hippocampus_007.nii.gz"
+    image = sitk.GetArrayFromImage(sitk.ReadImage(str(path))).astype(np.float32)
+    if problem == "nan":
+        image[1, 2, 3] = np.nan
+    elif problem == "inf":
+        image[0, 0, :2] = [np.inf, -np.inf]
+    else:
+        image[:] = 12.5
+    write_volume(path, image)
+    before = snapshot(source)
+    with pytest.raises(DatasetConversionError) as refused:
+        convert_hippocampus(str(source), raw_root=str(tmp_path / "raw"), preprocessed_root=str(tmp_path / "pre"))
+    assert refused.value.case == "hippocampus_007"
+    assert f"channel 0 ({path}) {message}" in str(refused.value)
+    assert snapshot(source) == before
+    assert os.listdir(tmp_path / "raw") == []
+
+
+def test_empty_label_is_kept_and_counted(tmp_path, capsys):
+    source = make_source(tmp_path / "source")
+    for case in ("hippocampus_004", "hippocampus_010"):  # a training and a test case
+        path = source / "labelsTr" / f"{case}.nii.gz"
+        write_volume(path, np.zeros_like(sitk.GetArrayFromImage(sitk.ReadImage(str(path)))))
+    folder = convert_hippocampus(str(source), raw_root=str(tmp_path / "raw"), preprocessed_root=str(tmp_path / "pre"))
+    report = json.load(open(os.path.join(folder, "conversion_report.json")))
+    assert report["empty_label"] == ["hippocampus_004", "hippocampus_010"]
+    assert "empty labels kept: 2" in capsys.readouterr().out
+    label = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(folder, "labelsTr", "hippocampus_004.nii.gz")))
+    assert not label.any()

@@ -84,3 +84,15 @@ def test_missing_modality(tmp_path):
     with pytest.raises(DatasetConversionError, match="prostate_00: image has 1 modalities, expected 2"):
         convert_msd_prostate(str(source), raw_root=str(tmp_path / "raw"), preprocessed_root=str(tmp_path / "p"))
     assert os.listdir(tmp_path / "raw") == []
+
+
+def test_nan_in_one_modality_is_refused(tmp_path):
+    source = make_source(tmp_path / "source")
+    path = source / "imagesTr" / "prostate_04.nii.gz"
+    t2 = np.random.default_rng(0).random((4, 6, 5)).astype(np.float32)
+    adc = t2.copy()
+    adc[2, 3, 4] = np.nan
+    sitk.WriteImage(four_d(t2, adc), str(path))
+    with pytest.raises(DatasetConversionError, match=r"case prostate_04: channel 1 \(ADC\) holds 1 NaN or infinite"):
+        convert_msd_prostate(str(source), raw_root=str(tmp_path / "raw"), preprocessed_root=str(tmp_path / "p"))
+    assert os.listdir(tmp_path / "raw") == []

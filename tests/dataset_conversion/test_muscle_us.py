@@ -83,3 +83,23 @@ def test_bad_mask(tmp_path, problem):
         muscle.convert_muscle_us(str(source / muscle.NESTED), raw_root=str(tmp_path / "raw"),
                                  preprocessed_root=str(tmp_path / "pre"))
     assert os.listdir(tmp_path / "raw") == []
+
+
+def test_constant_image_is_refused(tmp_path):
+    source = make_source(tmp_path / "source")
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((H, W), 255, np.uint8)),
+                    str(source / muscle.NESTED / "test" / "BB_anon_8_1.png"))
+    with pytest.raises(DatasetConversionError, match=r"case BB_anon_8_1: image is constant \(every voxel is 255\)"):
+        muscle.convert_muscle_us(str(source), raw_root=str(tmp_path / "raw"), preprocessed_root=str(tmp_path / "pre"))
+    assert os.listdir(tmp_path / "raw") == []
+
+
+def test_empty_mask_is_kept_and_counted(tmp_path, capsys):
+    source = make_source(tmp_path / "source")
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((H, W), np.uint8)),
+                    str(source / muscle.NESTED / "valannot" / "GM_anon_6_1.png"))
+    folder = muscle.convert_muscle_us(str(source), raw_root=str(tmp_path / "raw"),
+                                      preprocessed_root=str(tmp_path / "pre"))
+    assert json.load(open(os.path.join(folder, "conversion_report.json")))["empty_masks"] == ["GM_anon_6_1"]
+    assert "empty masks kept: 1" in capsys.readouterr().out
+    assert os.path.isfile(os.path.join(folder, "labelsTr", "GM_anon_6_1.png"))

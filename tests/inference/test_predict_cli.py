@@ -3,6 +3,7 @@
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -123,6 +124,17 @@ def test_a_checkpoint_without_diffusion_settings_is_refused(models):
     torch.save(checkpoint, path)
     message = _refusal(models["base"])
     assert "has no diffusion settings" in message and path in message
+    assert not models["out"].exists()
+
+
+def test_a_truncated_checkpoint_is_refused(models):
+    path = os.path.join(models["diffusion"], "fold_0", "checkpoint_final.pth")
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[:len(data) // 2])
+    message = _refusal(models["base"])
+    assert f"checkpoint {path} cannot be loaded safely: it is truncated, corrupted" in message
+    assert not models["out"].exists()
 
 
 def test_an_ensemble_model_with_other_labels_or_preprocessing_is_refused(models, nnunet_env):
@@ -153,3 +165,119 @@ def test_the_command_exits_with_one_line_and_no_traceback(models):
     assert completed.returncode == 1
     assert "Traceback" not in completed.stderr
     assert completed.stderr.strip().splitlines()[-1].startswith("nnUNetv2_predict_diffusion: error: steps must")
+
+
+# ---------------------------------------------------------------------------------------------- model and input
+@pytest.mark.parametrize("extra,expected", [
+    pytest.param(["-tr", "nnUNetTrainerDoesNotExist"],
+                 ["no trainer class named nnUNetTrainerDoesNotExist (-tr) is installed",
+                  "nnUNetTrainerDoesNotExist__nnUNetPlans__2d does not exist"], id="unknown_trainer"),
+    pytest.param(["-p", "nnUNetPlansOther"], ["nnUNetTrainerDiffRecycle_10iters__nnUNetPlansOther__2d does not exist"],
+                 id="unknown_plans"),
+    pytest.param(["-c", "3d_lowres"], ["the nnUNetPlans plans have no configuration 3d_lowres (-c); they have: 2d"],
+                 id="unknown_configuration"),
+    pytest.param(["-d", "998"], ["Could not find a dataset with the ID 998"], id="unknown_dataset"),
+])
+def test_a_model_that_is_not_there_is_named_with_what_is_wrong(models, extra, expected):
+    message = _refusal(models["base"] + extra)
+    assert all(e in message for e in expected), message
+    if extra[0] != "-d":
+        assert ("models trained for this dataset: nnUNetTrainerDiffRecycle_10iters__nnUNetPlans__2d, "
+                "nnUNetTrainer__nnUNetPlans__2d") in message
+    assert not models["out"].exists()
+
+
+def test_a_plans_file_without_the_configuration_asked_for_is_refused(models):
+    lowres = models["diffusion"].replace("__2d", "__3d_lowres")  # a 2d model filed as 3d_lowres
+    shutil.copytree(models["diffusion"], lowres)
+    message = _refusal(models["base"] + ["-c", "3d_lowres"])
+    assert f"plans file {lowres}/plans.json has no configuration 3d_lowres (-c); it has: 2d" in message
+    assert not models["out"].exists()
+
+    plans_file = os.path.join(models["diffusion"], "plans.json")  # plans without the checkpoint's configuration
+    plans = json.loads(open(plans_file).read())
+    plans["configurations"]["2d_other"] = plans["configurations"].pop("2d")
+    with open(plans_file, "w") as f:
+        json.dump(plans, f)
+    predictor = nnUNetDiffusionPredictor(device=torch.device("cpu"), allow_tqdm=False)
+    with pytest.raises(ValueError, match=r"plans.json has no configuration '2d', the one .*fold_0/checkpoint_final"):
+        predictor.initialize_from_trained_model_folder(models["diffusion"], (0,))
+
+
+def test_a_missing_or_unsafe_ensemble_model_is_refused(models, tmp_path):
+    message = _refusal(models["base"] + ["--ensemble_with", str(tmp_path / "nowhere")])
+    assert f"model folder {tmp_path / 'nowhere'} does not exist" in message
+
+    path = os.path.join(models["stock"], "fold_0", "checkpoint_final.pth")
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["payload"] = _RunsCodeWhenUnpickled()
+    torch.save(checkpoint, path)
+    message = _refusal(models["base"] + ["--ensemble_with", models["stock"]])
+    assert f"checkpoint {path} cannot be loaded safely" in message
+    assert not models["out"].exists()
+
+
+class _RunsCodeWhenUnpickled:
+    def __reduce__(self):
+        return (print, ("unpickling ran code",))
+
+
+def _write_file(path, content: bytes) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(content)
+
+
+@pytest.mark.parametrize("problem", ["missing", "no_nifti", "misnamed", "channels", "corrupt", "truncated"])
+def test_bad_input_folder_is_refused_before_anything_is_written(models, tmp_path, problem):
+    folder = tmp_path / "bad_in"
+    write_raw_case(folder, "a_good_case", (36, 36))  # sorted first: would be predicted before the bad one
+    expected = {
+        "missing": f"input folder {tmp_path / 'nowhere'} does not exist",
+        "no_nifti": f"input folder {folder} holds no .nii.gz files",
+        "misnamed": f"input file {folder / 'case.nii.gz'} is not named <case>_XXXX.nii.gz",
+        "channels": f"case case in {folder} has channel files _0000, _0001; the model takes 1 channel(s)",
+        "corrupt": f"input image {folder / 'case_0000.nii.gz'} cannot be read: its NIfTI header cannot be read",
+        "truncated": f"input image {folder / 'case_0000.nii.gz'} cannot be read: its gzip stream is cut off",
+    }[problem]
+    if problem == "no_nifti":
+        for name in os.listdir(folder):
+            os.remove(folder / name)
+        _write_file(folder / "case_0000.png", b"\x89PNG")
+    elif problem == "misnamed":
+        write_raw_case(folder, "case", (36, 36))
+        os.rename(folder / "case_0000.nii.gz", folder / "case.nii.gz")
+    elif problem == "channels":  # the model takes one channel
+        shutil.copyfile(write_raw_case(folder, "case", (36, 36)), folder / "case_0001.nii.gz")
+    elif problem == "corrupt":
+        _write_file(folder / "case_0000.nii.gz", b"not an image at all")
+    elif problem == "truncated":
+        data = open(write_raw_case(folder, "case", (36, 36)), "rb").read()
+        _write_file(folder / "case_0000.nii.gz", data[:len(data) // 2])
+    source = tmp_path / "nowhere" if problem == "missing" else folder
+    message = _refusal(models["base"] + ["-i", str(source)])
+    assert expected in message, message
+    assert not models["out"].exists()
+
+
+@pytest.mark.parametrize("problem", ["nan", "corrupt"])
+def test_nan_or_a_corrupt_image_in_another_format_is_refused(models, tmp_path, problem):
+    """.mha: SimpleITK keeps NaN there (its NIfTI reader turns NaN into 0 before nnU-Net sees it) and has no
+    separate truncation check, so a damaged file reaches nnU-Net's reader."""
+    dataset_file = os.path.join(models["diffusion"], "dataset.json")
+    dataset = json.loads(open(dataset_file).read())
+    dataset["file_ending"] = ".mha"
+    with open(dataset_file, "w") as f:
+        json.dump(dataset, f)
+    array = np.random.default_rng(0).normal(size=(1, 36, 36)).astype(np.float32)
+    array[0, 3, 4] = np.nan
+    path = tmp_path / "mha_in" / "case_0000.mha"
+    os.makedirs(path.parent)
+    if problem == "nan":
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    else:
+        path.write_bytes(b"ObjectType = Image\nNDims = 3\n")
+    message = _refusal(models["base"] + ["-i", str(path.parent)])
+    assert f"input image {path} " + ("holds 1 NaN or infinite values" if problem == "nan" else
+                                     "cannot be read by SimpleITKIO: ") in message
+    assert not models["out"].exists()

@@ -1,8 +1,12 @@
 """Global-step sampling: agreement with the network's own sampler, call structure, seeds, folds, samples, ensemble."""
 
+import json
+import os
+
+import numpy as np
 import pytest
 import torch
-from inference_fixtures import write_model_folder
+from inference_fixtures import write_model_folder, write_raw_case
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from nnunetv2_diffusion.inference.predictor import nnUNetDiffusionPredictor
@@ -86,6 +90,38 @@ def test_same_seed_same_output_other_seed_other_output_whatever_the_case_order(n
     assert torch.equal(a_then_b[0], b_then_a[1]) and torch.equal(a_then_b[1], b_then_a[0])
     assert (a_then_b[0] - other_seed).abs().max() > 1e-3
     assert (a_then_b[0] - a_then_b[1]).abs().max() > 1e-3
+
+
+def test_the_settings_recorded_in_the_output_folder_reproduce_the_prediction(nnunet_env, tmp_path):
+    folder = write_model_folder(nnunet_env["nnUNet_results"], nnUNetTrainerDiffRecycle_10iters, folds=(0, 1))
+    write_raw_case(tmp_path / "in", "case", (40, 36))
+    first = _predictor(folder, folds=(0, 1), seed=11, sampler="ddim", eta=0.5, steps=3, num_samples=2)
+    first.predict_from_files_sequential(str(tmp_path / "in"), str(tmp_path / "first"), save_probabilities=True)
+
+    recorded = json.loads((tmp_path / "first" / "diffusion_settings.json").read_text())
+    assert {k: recorded[k] for k in ("model", "folds", "checkpoint", "sampler", "steps", "eta", "seed", "num_samples",
+                                     "training_timesteps", "schedule", "use_mirroring", "device")} == {
+        "model": folder, "folds": [0, 1], "checkpoint": "checkpoint_final.pth", "sampler": "ddim", "steps": 3,
+        "eta": 0.5, "seed": 11, "num_samples": 2, "training_timesteps": 5, "schedule": "linear",
+        "use_mirroring": False, "device": "cpu"}
+    assert recorded["timesteps"] == first.sampler.timesteps.tolist() and len(recorded["timesteps"]) == 3
+    assert set(recorded["versions"]) == {"nnunetv2_diffusion", "nnunetv2", "torch"}
+    assert not os.path.exists(tmp_path / "first" / ".partial")  # written under a temporary name, then renamed
+
+    def rerun(seed, output):
+        predictor = nnUNetDiffusionPredictor(
+            tile_step_size=recorded["tile_step_size"], use_gaussian=recorded["use_gaussian"],
+            use_mirroring=recorded["use_mirroring"], device=torch.device(recorded["device"]), allow_tqdm=False,
+            sampler=recorded["sampler"], steps=recorded["steps"], eta=recorded["eta"], seed=seed,
+            num_samples=recorded["num_samples"])
+        predictor.initialize_from_trained_model_folder(recorded["model"], recorded["folds"], recorded["checkpoint"])
+        predictor.predict_from_files_sequential(str(tmp_path / "in"), str(tmp_path / output), save_probabilities=True)
+        return np.load(tmp_path / output / "case.npz")["probabilities"]
+
+    expected = np.load(tmp_path / "first" / "case.npz")["probabilities"]
+    assert np.array_equal(rerun(recorded["seed"], "again"), expected)
+    assert json.loads((tmp_path / "again" / "diffusion_settings.json").read_text()) == recorded
+    assert np.abs(rerun(recorded["seed"] + 1, "other_seed") - expected).max() > 1e-3
 
 
 def test_folds_and_samples_average_probabilities(nnunet_env):

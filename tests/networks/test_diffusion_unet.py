@@ -15,9 +15,10 @@ def _configuration(dim: int, residual: bool = False):
     return PlansManager(plans).get_configuration(next(iter(plans["configurations"])))
 
 
-def _network(dim=2, num_classes=3, deep_supervision=True, residual=False, config=DiffusionConfig()):
+def _network(dim=2, num_classes=3, deep_supervision=True, residual=False, config=None):
     torch.manual_seed(0)
-    return build_diffusion_network(_configuration(dim, residual), 1, num_classes, config, deep_supervision)
+    return build_diffusion_network(_configuration(dim, residual), 1, num_classes, config or DiffusionConfig(),
+                                   deep_supervision)
 
 
 @pytest.mark.parametrize("dim,residual", [(2, False), (3, False), (2, True)])

@@ -9,7 +9,7 @@ class nnUNetTrainerDiffRecycle_KillTest(nnUNetTrainerDiffRecycle):
     """6 short epochs with a checkpoint after every one, so a kill lands between checkpoints."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
+                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = 6
         self.num_iterations_per_epoch = 6
