@@ -5,7 +5,7 @@
 #   stock nnUNetv2_predict (diffusion), our nnUNetv2_predict_diffusion (diffusion + ensemble with stock) ->
 #   print mean test Dice of each from nnU-Net's evaluator.
 # Finished steps are skipped when run again. Data and results go to $NNUNETV2_DIFFUSION_WORK (default
-# <repo>/nnunet_data); set DEVICE=cuda on a GPU machine.
+# <repo>/nnunet_data); set DEVICE=cuda on a GPU machine; BUDGET=_10iters gives a 2-minute smoke run.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 venv=$("$repo/scripts/setup_env.sh" | tail -n 1)
@@ -18,8 +18,9 @@ mkdir -p "$nnUNet_raw" "$nnUNet_preprocessed" "$nnUNet_results"
 dataset=520
 raw="$nnUNet_raw/Dataset520_HC18"
 out="$work/predictions"
-diffusion=nnUNetTrainerDiffRecycle_300iters
-stock=nnUNetTrainer_300iters
+budget=${BUDGET:-_300iters}
+diffusion=nnUNetTrainerDiffRecycle$budget
+stock=nnUNetTrainer$budget
 step() { echo; echo "=== $* ($(date +%T))"; }
 
 if [ ! -f "$raw/dataset.json" ]; then
@@ -34,7 +35,7 @@ fi
 export nnUNet_n_proc_DA=${nnUNet_n_proc_DA:-0}
 for trainer in $diffusion $stock; do
     if [ ! -f "$nnUNet_results/Dataset520_HC18/${trainer}__nnUNetPlans__2d/fold_0/checkpoint_final.pth" ]; then
-        step "train $trainer (300 iterations)"
+        step "train $trainer"
         nnUNetv2_train $dataset 2d 0 -tr $trainer -device "$device"
     fi
 done
@@ -54,7 +55,7 @@ done
 python - "$out" <<'PY'
 import json, sys
 print(f"{'model':<40} mean test Dice (fetal head)")
-for name, what in (("stock", "stock nnU-Net, 300 it"), ("diffusion", "xT-recycling diffusion, 300 it, DDPM 5"),
+for name, what in (("stock", "stock nnU-Net"), ("diffusion", "xT-recycling diffusion, DDPM 5 steps"),
                    ("ensemble", "mean of both probabilities")):
     summary = json.load(open(f"{sys.argv[1]}/{name}/summary.json"))
     print(f"{what:<40} {summary['foreground_mean']['Dice']:.4f}")

@@ -16,26 +16,27 @@ from nnunetv2_diffusion.training.nnUNetTrainerDiffSelfCond import (
 )
 
 
-class _300IterationsMixin:
+class _FixedBudgetMixin:
+    """Sets nnU-Net's schedule attributes from ``budget = (epochs, iterations per epoch, validation iterations)``."""
+
+    budget: tuple[int, int, int]
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = self.budget
+
+
+class _300IterationsMixin(_FixedBudgetMixin):
     """6 epochs x 50 training iterations, 10 pseudo-validation iterations per epoch."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 6
-        self.num_iterations_per_epoch = 50
-        self.num_val_iterations_per_epoch = 10
+    budget = (6, 50, 10)
 
 
-class _10IterationsMixin:
+class _10IterationsMixin(_FixedBudgetMixin):
     """1 epoch x 10 training iterations, 2 pseudo-validation iterations: smoke tests."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 1
-        self.num_iterations_per_epoch = 10
-        self.num_val_iterations_per_epoch = 2
+    budget = (1, 10, 2)
 
 
 class nnUNetTrainer_300iters(_300IterationsMixin, nnUNetTrainer):
