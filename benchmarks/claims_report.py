@@ -39,7 +39,7 @@ def _paired(cases: pd.DataFrame, a: tuple, b: tuple) -> dict:
 def _plot_steps(cases: pd.DataFrame, name: str) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, sampler in zip(axes, SAMPLERS, strict=True):
-        for method in DIFFUSION:
+        for method in [m for m in DIFFUSION if m in set(cases.method)]:
             curve = cases[(cases.method == method) & (cases.sampler == sampler)].groupby("step")["Dice"].mean()
             ax.plot(curve.index, curve.values, marker="o", label=LABELS[method])
         stock = cases[cases.method == STOCK]["Dice"].mean()
@@ -80,7 +80,8 @@ def _plot_overlays(spec: dict, work: str, name: str, cases: list[str]) -> str | 
     ending = ".png"
     if not os.path.isfile(os.path.join(raw, "labelsTs", cases[0] + ending)):
         return None
-    methods = [(STOCK, None), *[(m, "ddpm") for m in DIFFUSION], ("ensemble", "ddpm")]
+    methods = [(m, s) for m, s in [(STOCK, None), *[(m, "ddpm") for m in DIFFUSION], ("ensemble", "ddpm")]
+               if os.path.isdir(prediction_folder(work, 0, m, s))]
     fig, axes = plt.subplots(len(cases), len(methods) + 1, figsize=(2.1 * (len(methods) + 1), 1.6 * len(cases)))
     for row, case in enumerate(cases):
         image = np.asarray(Image.open(os.path.join(raw, "imagesTs", f"{case}_0000{ending}")))
@@ -115,9 +116,11 @@ def write_report(spec: dict, work: str, replicates: int, budget: str) -> dict:
     final = final.sort_values(by=["method", "sampler"], key=lambda c: c.map(order) if c.name == "method" else c)
     per_label = (frame[frame.step == STEPS].groupby(["method", "sampler", "label"])[["Dice", "HD95"]].mean()
                  .reset_index())
-    tests = [_paired(cases, (RECYCLE, s), (m, s)) for s in SAMPLERS for m in DIFFUSION if m != RECYCLE]
+    present = set(cases.method)
+    tests = [_paired(cases, (RECYCLE, s), (m, s)) for s in SAMPLERS for m in DIFFUSION if m != RECYCLE and m in present]
     tests += [_paired(cases, (RECYCLE, s), (STOCK, "-")) for s in SAMPLERS]
-    tests.append(_paired(cases, ("ensemble", "ddpm"), (STOCK, "-")))
+    if "ensemble" in present:
+        tests.append(_paired(cases, ("ensemble", "ddpm"), (STOCK, "-")))
     timings = {}
     for replicate in range(replicates):
         for folder in os.listdir(os.path.join(work, "predictions", f"replicate_{replicate}")):

@@ -114,7 +114,12 @@ def predict(spec: dict, work: str, replicate: int, budget: str, device: str) -> 
     for method, sampler, command in jobs:
         out = prediction_folder(work, replicate, method, sampler)
         done = os.path.join(out, "finished.json")
-        if os.path.isfile(done):
+        needed = [STOCK, "nnUNetTrainerDiffRecycle"] if method == "ensemble" else [method]
+        missing = [t for t in needed if not os.path.isfile(
+            os.path.join(model_folder(env, spec, t, budget), "fold_0", "checkpoint_final.pth"))]
+        if os.path.isfile(done) or missing:
+            if missing:
+                log(f"skipping {os.path.basename(out)}: {', '.join(missing)} not trained yet")
             continue
         start = time.time()
         run([*command, *common, "-o", out], env)
