@@ -1,12 +1,12 @@
 """Dataset522_AMOS2022 on a small fixture in the AMOS 2022 release layout."""
 
-import hashlib
 import json
 import os
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from source_snapshot import snapshot
 
 from nnunetv2_diffusion.dataset_conversion import Dataset522_AMOS2022 as amos
 from nnunetv2_diffusion.dataset_conversion._common import DatasetConversionError
@@ -37,11 +37,6 @@ def make_source(root, with_json=True):
                 "test": []}
         (root / "dataset.json").write_text(json.dumps(meta))
     return root
-
-
-def snapshot(folder):
-    return {p: (hashlib.sha256(open(p, "rb").read()).hexdigest(), os.stat(p).st_mtime_ns)
-            for p in (os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs)}
 
 
 def test_conversion(tmp_path):

@@ -1,12 +1,12 @@
 """Dataset525_BraTS2021 (region-based and whole-tumour forms) on a small fixture in the BraTS 2021 layout."""
 
-import hashlib
 import json
 import os
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from source_snapshot import snapshot
 
 from nnunetv2_diffusion.dataset_conversion import Dataset525_BraTS2021 as brats
 from nnunetv2_diffusion.dataset_conversion._common import DatasetConversionError
@@ -28,11 +28,6 @@ def make_source(root):
         sitk.WriteImage(sitk.GetImageFromArray(seg), str(root / case / f"{case}_seg.nii.gz"))
     (root / "README.txt").write_text("not a case")
     return root
-
-
-def snapshot(folder):
-    return {p: (hashlib.sha256(open(p, "rb").read()).hexdigest(), os.stat(p).st_mtime_ns)
-            for p in (os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs)}
 
 
 def test_label_mappings_round_trip():

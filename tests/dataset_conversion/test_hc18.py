@@ -1,6 +1,5 @@
 """Dataset520_HC18 on a small fixture in the HC18 layout (outlines drawn with known ellipses)."""
 
-import hashlib
 import json
 import os
 import subprocess
@@ -11,6 +10,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 from skimage.draw import ellipse, ellipse_perimeter
+from source_snapshot import snapshot
 
 from nnunetv2_diffusion.dataset_conversion import Dataset520_HC18 as hc18
 from nnunetv2_diffusion.dataset_conversion._common import DatasetConversionError
@@ -60,15 +60,6 @@ def make_source(root):
             rows.append(f"{case}.png,0.1,{0.1 * hc18.ellipse_perimeter(34, 26):.2f}")
     (root / "training_set_pixel_size_and_HC.csv").write_text("\n".join(rows) + "\n")
     return root
-
-
-def snapshot(folder):
-    out = {}
-    for dirpath, _, files in os.walk(folder):
-        for f in files:
-            p = os.path.join(dirpath, f)
-            out[p] = (hashlib.sha256(open(p, "rb").read()).hexdigest(), os.stat(p).st_mtime_ns)
-    return out
 
 
 @pytest.fixture(scope="module")

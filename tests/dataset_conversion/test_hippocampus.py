@@ -1,12 +1,12 @@
 """Dataset527_Hippocampus on a small fixture in the MSD Task04 layout."""
 
-import hashlib
 import json
 import os
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from source_snapshot import snapshot
 
 from nnunetv2_diffusion.dataset_conversion._common import DatasetConversionError
 from nnunetv2_diffusion.dataset_conversion.Dataset527_Hippocampus import convert_hippocampus
@@ -36,11 +36,6 @@ def make_source(root, float_label="hippocampus_003"):
         write_volume(root / "labelsTr" / f"{case}.nii.gz", label.astype(np.float32) if case == float_label else label)
     (root / "imagesTr" / "._hippocampus_001.nii.gz").write_bytes(b"\x00\x05\x16\x07 resource fork")
     return root
-
-
-def snapshot(folder):
-    return {p: (hashlib.sha256(open(p, "rb").read()).hexdigest(), os.stat(p).st_mtime_ns)
-            for p in (os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs)}
 
 
 def test_conversion(tmp_path):

@@ -1,12 +1,12 @@
 """Dataset524_MSDProstate on a small fixture in the MSD Task05 layout (4D images, modality last)."""
 
-import hashlib
 import json
 import os
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from source_snapshot import snapshot
 
 from nnunetv2_diffusion.dataset_conversion._common import DatasetConversionError
 from nnunetv2_diffusion.dataset_conversion.Dataset524_MSDProstate import convert_msd_prostate
@@ -50,11 +50,6 @@ def make_source(root, channels=2):
             "test": [f"./imagesTs/{c}.nii.gz" for c in TEST]}
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
-
-
-def snapshot(folder):
-    return {p: (hashlib.sha256(open(p, "rb").read()).hexdigest(), os.stat(p).st_mtime_ns)
-            for p in (os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs)}
 
 
 def test_conversion(tmp_path):

@@ -1,12 +1,12 @@
 """Dataset521_MuscleUS on a small fixture in the Mendeley 3jykz7wz8d layout (MuscleCNN/train, trainannot, ...)."""
 
-import hashlib
 import json
 import os
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from source_snapshot import snapshot
 
 from nnunetv2_diffusion.dataset_conversion import Dataset521_MuscleUS as muscle
 from nnunetv2_diffusion.dataset_conversion._common import DatasetConversionError
@@ -37,11 +37,6 @@ def make_source(root):
             sitk.WriteImage(sitk.GetImageFromArray(mask), str(data / f"{split}annot" / f"{uid}.png"))
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((H, W), np.uint8)), str(data / "train" / f"{WITHOUT_MASK}.png"))
     return root
-
-
-def snapshot(folder):
-    return {p: (hashlib.sha256(open(p, "rb").read()).hexdigest(), os.stat(p).st_mtime_ns)
-            for p in (os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs)}
 
 
 def test_conversion(tmp_path):

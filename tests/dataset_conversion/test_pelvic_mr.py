@@ -1,12 +1,12 @@
 """Dataset523_PelvicMR on a small fixture in the zenodo 7013610 layout (data/<key>_img.nii + institution.txt)."""
 
-import hashlib
 import json
 import os
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from source_snapshot import snapshot
 
 from nnunetv2_diffusion.dataset_conversion import Dataset523_PelvicMR as pelvic
 from nnunetv2_diffusion.dataset_conversion._common import DatasetConversionError
@@ -29,11 +29,6 @@ def make_source(root):
             lines.append(f"{key} {institution}")
     (root / "institution.txt").write_text("\n".join(lines) + "\n")
     return root
-
-
-def snapshot(folder):
-    return {p: (hashlib.sha256(open(p, "rb").read()).hexdigest(), os.stat(p).st_mtime_ns)
-            for p in (os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs)}
 
 
 def test_paper_split_formula():
