@@ -1,10 +1,11 @@
-"""Truncated NIfTI files: SimpleITK reads them without complaint, ``nifti_truncation`` does not."""
+"""Truncated NIfTI files and NaN voxels: SimpleITK reads them without complaint, ``nifti_file_problem`` does not."""
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunetv2_diffusion.file_integrity import nifti_truncation
+from nnunetv2_diffusion import file_integrity
+from nnunetv2_diffusion.file_integrity import nifti_file_problem
 
 
 @pytest.mark.parametrize("ending,expected", [(".nii.gz", "its gzip stream is cut off or damaged"),
@@ -17,8 +18,8 @@ def test_a_truncated_nifti_file_is_found_although_simpleitk_reads_it(tmp_path, e
     with open(cut, "wb") as f:
         f.write(data[:len(data) // 2])
 
-    assert nifti_truncation(whole) is None
-    assert expected in nifti_truncation(cut)
+    assert nifti_file_problem(whole) is None
+    assert expected in nifti_file_problem(cut)
     read = sitk.GetArrayFromImage(sitk.ReadImage(cut))  # the reason for the check: no error, zeros instead
     assert read.shape == array.shape and (read == 0).sum() > array.size // 3
 
@@ -26,4 +27,26 @@ def test_a_truncated_nifti_file_is_found_although_simpleitk_reads_it(tmp_path, e
 def test_a_file_that_is_not_nifti_is_named_as_such(tmp_path):
     path = tmp_path / "garbage.nii.gz"
     path.write_bytes(b"not an image")
-    assert "its NIfTI header cannot be read" in nifti_truncation(str(path))
+    assert "its NIfTI header cannot be read" in nifti_file_problem(str(path))
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".nii"])
+@pytest.mark.parametrize("chunk_bytes", [7, 1 << 22])  # 7: voxels split across chunks, header across many chunks
+def test_nan_and_inf_voxels_are_counted_although_simpleitk_reads_zeros(tmp_path, monkeypatch, ending, chunk_bytes):
+    monkeypatch.setattr(file_integrity, "_CHUNK_BYTES", chunk_bytes)
+    array = np.random.default_rng(0).normal(size=(3, 20, 20)).astype(np.float32)
+    clean, dirty = str(tmp_path / f"clean{ending}"), str(tmp_path / f"dirty{ending}")
+    sitk.WriteImage(sitk.GetImageFromArray(array), clean)
+    array[0, 0, 0], array[1, 5, 7], array[2, 19, 19] = np.nan, np.inf, -np.inf
+    sitk.WriteImage(sitk.GetImageFromArray(array), dirty)
+
+    assert file_integrity.nifti_file_problem(clean) is None
+    assert file_integrity.nifti_file_problem(dirty) == "it holds 3 NaN or infinite values"
+    assert file_integrity.nifti_file_problem(dirty, check_finite=False) is None
+    assert np.isfinite(sitk.GetArrayFromImage(sitk.ReadImage(dirty))).all()  # the reason for the check
+
+
+def test_integer_images_are_only_measured(tmp_path):
+    path = str(tmp_path / "labels.nii")
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(60, dtype=np.uint8).reshape(3, 4, 5)), path)
+    assert file_integrity.nifti_file_problem(path) is None

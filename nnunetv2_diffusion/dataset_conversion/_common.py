@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from nnunetv2_diffusion.file_integrity import NIFTI_ENDINGS, nifti_truncation
+from nnunetv2_diffusion.file_integrity import NIFTI_ENDINGS, nifti_file_problem
 
 REPORT_FILE = "conversion_report.json"
 SPLITS_FILE = "splits_final.json"
@@ -106,7 +106,7 @@ def read_image(path: str, case: str) -> sitk.Image:
     if not os.path.isfile(path):
         raise DatasetConversionError(case, f"missing file {path}")
     if path.endswith(NIFTI_ENDINGS):
-        problem = nifti_truncation(path)
+        problem = nifti_file_problem(path, check_finite=False)
         if problem is not None:
             raise DatasetConversionError(case, f"cannot read {path}: {problem}")
     try:

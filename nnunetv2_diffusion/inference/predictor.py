@@ -48,7 +48,7 @@ from nnunetv2_diffusion import __version__
 from nnunetv2_diffusion.diffusion.config import DiffusionConfig
 from nnunetv2_diffusion.diffusion.mask_encoding import no_estimate_like, probabilities_from_x0
 from nnunetv2_diffusion.diffusion.samplers import SAMPLERS
-from nnunetv2_diffusion.file_integrity import NIFTI_ENDINGS, nifti_truncation
+from nnunetv2_diffusion.file_integrity import NIFTI_ENDINGS, nifti_file_problem
 from nnunetv2_diffusion.inference.export import (
     export_prediction_atomically,
     export_uncertainty_map,
@@ -704,17 +704,17 @@ def list_input_cases(folder: str, file_ending: str, num_channels: int) -> list[l
 
 def check_input_images(cases: list[list[str]], reader_class) -> None:
     """Reads every case (a list of channel files) with nnU-Net's reader class, as its preprocessing will, and refuses
-    a missing, unreadable or truncated (NIfTI: :func:`nifti_truncation`) file, channels the reader will not combine
-    (other shape or spacing) and NaN or infinite values, which would spread through normalisation into the whole
-    prediction. (SimpleITK's NIfTI reader already returns 0 for NaN and inf, so with ``SimpleITKIO`` those reach the
-    model as zeros and are not seen here.)"""
+    a missing, unreadable or truncated file, channels the reader will not combine (other shape or spacing) and NaN or
+    infinite values, which would spread through normalisation into the whole prediction. NIfTI files go through
+    :func:`nifti_file_problem` first, because SimpleITK reads truncated files and NaN voxels without complaint (as
+    zeros)."""
     for files in cases:
         for path in files:
             if not isfile(path):
                 raise DiffusionPredictorError(f"input image {path} does not exist")
-            problem = nifti_truncation(path) if path.endswith(NIFTI_ENDINGS) else None
-            if problem is not None:  # SimpleITK would read it and fill the missing voxels with zeros
-                raise DiffusionPredictorError(f"input image {path} cannot be read: {problem}")
+            problem = nifti_file_problem(path) if path.endswith(NIFTI_ENDINGS) else None
+            if problem is not None:  # SimpleITK would read it, with zeros for missing or NaN voxels
+                raise DiffusionPredictorError(f"input image {path}: {problem}")
         said = io.StringIO()
         try:
             with contextlib.redirect_stdout(said):

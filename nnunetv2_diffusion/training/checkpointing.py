@@ -4,6 +4,7 @@ nnU-Net writes checkpoints with a plain ``torch.save`` (a kill during the write 
 ``--c`` then fails on) and loads them with ``weights_only=False`` (unpickling may run arbitrary code).
 """
 
+import glob
 import os
 import re
 
@@ -43,19 +44,57 @@ def load_checkpoint_file(path: str, map_location="cpu") -> dict:
 
 
 def atomic_save(save_fn, filename: str) -> None:
-    """Calls ``save_fn(temporary_name)``, flushes it to disk, then renames it over ``filename`` in one step, so
-    ``filename`` is always either the previous complete file or the new complete file."""
+    """Calls ``save_fn(temporary_name)``, flushes it to disk, renames it over ``filename`` in one step and flushes
+    the folder, so ``filename`` is always either the previous complete file or the new complete file. Temporary
+    files left by a killed earlier run (``<filename>.partial-<pid>`` of a process that no longer exists) are removed
+    first."""
+    remove_stale_partial_files(filename)
     temporary = f"{filename}.partial-{os.getpid()}"
     try:
         save_fn(temporary)
-        if not os.path.isfile(temporary):  # nnU-Net skips saving when checkpointing is disabled
+        if not os.path.isfile(temporary):  # nothing written (checkpointing disabled)
             return
         with open(temporary, "rb") as f:
             os.fsync(f.fileno())
         os.replace(temporary, filename)
+        _fsync_directory(os.path.dirname(os.path.abspath(filename)))  # make the rename itself survive a power loss
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def _fsync_directory(folder: str) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:  # platforms that cannot open a directory (Windows) have no directory fsync to do
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def remove_stale_partial_files(filename: str) -> list[str]:
+    """Deletes ``<filename>.partial-<pid>`` files whose writer process is gone (killed mid-write); returns them.
+    Files of a live process (another run saving right now) are left alone."""
+    removed = []
+    for path in glob.glob(f"{glob.escape(filename)}.partial-*"):
+        pid = path.rsplit("-", 1)[1]
+        if not pid.isdigit() or (int(pid) != os.getpid() and _process_exists(int(pid))):
+            continue
+        os.remove(path)
+        removed.append(path)
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _unwrapped(network: torch.nn.Module) -> torch.nn.Module:
@@ -68,13 +107,37 @@ class SafeCheckpointMixin:
     """For nnUNetTrainer subclasses: atomic ``save_checkpoint`` (checkpoint_latest/best/final alike) and
     weights-only ``load_checkpoint`` (used by ``--c`` and ``--val``).
 
-    ``load_checkpoint`` restores what nnU-Net 2.8.1's does (weights, optimiser, grad scaler, epoch, log, EMA
-    pseudo-Dice, mirroring axes) but is written here rather than called, because nnU-Net's crashes when handed an
-    already loaded dict (``UnboundLocalError``) and would otherwise unpickle the file with ``weights_only=False``.
+    Both write and read what nnU-Net 2.8.1's do (weights, optimiser, grad scaler, epoch, log, EMA pseudo-Dice,
+    mirroring axes) but are written here rather than called: nnU-Net's ``save_checkpoint`` writes straight onto the
+    final name and leaves no way to add entries, and its ``load_checkpoint`` crashes when handed an already loaded
+    dict (``UnboundLocalError``) and would otherwise unpickle the file with ``weights_only=False``.
     """
 
     def save_checkpoint(self, filename: str) -> None:
-        atomic_save(super().save_checkpoint, filename)
+        """nnU-Net 2.8.1's checkpoint dict (same keys, same conditions) plus :meth:`extra_checkpoint_state`,
+        written once through :func:`atomic_save`."""
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        checkpoint = {
+            "network_weights": _unwrapped(self.network).state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+            **self.extra_checkpoint_state(),
+        }
+        atomic_save(lambda temporary: torch.save(checkpoint, temporary), filename)
+
+    def extra_checkpoint_state(self) -> dict:
+        """Entries a subclass adds to every checkpoint (restore them in ``load_checkpoint``)."""
+        return {}
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         if not self.was_initialized:

@@ -15,7 +15,8 @@ from nnunetv2_diffusion.diffusion.gaussian_diffusion import GaussianDiffusion
 from nnunetv2_diffusion.diffusion.mask_encoding import labels_to_x0, x0_from_logits
 from nnunetv2_diffusion.diffusion.timestep_samplers import TIMESTEP_SAMPLERS, make_timestep_sampler
 from nnunetv2_diffusion.networks.build import build_diffusion_network
-from nnunetv2_diffusion.training.checkpointing import SafeCheckpointMixin, atomic_save, load_checkpoint_file
+from nnunetv2_diffusion.training.batch_checks import check_training_batch
+from nnunetv2_diffusion.training.checkpointing import SafeCheckpointMixin, load_checkpoint_file
 from nnunetv2_diffusion.training.dice_focal_loss import DiceFocalLoss
 from nnunetv2_diffusion.training.loss_guard import FiniteLossMixin
 
@@ -188,8 +189,12 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
         return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
 
     def _batch_to_device(self, batch: dict):
+        """The batch's image and target(s) on the training device, after :func:`check_training_batch`."""
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
+        check_training_batch(data, target[0] if isinstance(target, list) else target,
+                             self.label_manager.num_segmentation_heads, batch.get("keys"),
+                             self.preprocessed_dataset_folder)
         if isinstance(target, list):
             return data, [t.to(self.device, non_blocking=True) for t in target]
         return data, target.to(self.device, non_blocking=True)
@@ -213,15 +218,11 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
         return {"loss": loss.detach().cpu().numpy()}
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, filename: str) -> None:
-        """nnU-Net's checkpoint, plus the importance sampler's loss statistics so a resumed run keeps its p(t)."""
-        super().save_checkpoint(filename)
-        if self.timestep_sampling == "uniform" or self.local_rank != 0 or self.disable_checkpointing:
-            return  # the same conditions under which nnU-Net writes nothing
-        # nnU-Net builds and writes the checkpoint dict in one call: add the statistics to the written file
-        checkpoint = load_checkpoint_file(filename)
-        checkpoint["timestep_sampler_state"] = self.timestep_sampler.state_dict()
-        atomic_save(lambda temporary: torch.save(checkpoint, temporary), filename)
+    def extra_checkpoint_state(self) -> dict:
+        """The importance sampler's loss statistics, so a resumed run keeps its p(t)."""
+        if self.timestep_sampling == "uniform":
+            return {}
+        return {"timestep_sampler_state": self.timestep_sampler.state_dict()}
 
     def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
         super().load_checkpoint(filename_or_checkpoint)

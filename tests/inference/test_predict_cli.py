@@ -228,7 +228,7 @@ def _write_file(path, content: bytes) -> None:
         f.write(content)
 
 
-@pytest.mark.parametrize("problem", ["missing", "no_nifti", "misnamed", "channels", "corrupt", "truncated"])
+@pytest.mark.parametrize("problem", ["missing", "no_nifti", "misnamed", "channels", "corrupt", "truncated", "nan"])
 def test_bad_input_folder_is_refused_before_anything_is_written(models, tmp_path, problem):
     folder = tmp_path / "bad_in"
     write_raw_case(folder, "a_good_case", (36, 36))  # sorted first: would be predicted before the bad one
@@ -237,8 +237,9 @@ def test_bad_input_folder_is_refused_before_anything_is_written(models, tmp_path
         "no_nifti": f"input folder {folder} holds no .nii.gz files",
         "misnamed": f"input file {folder / 'case.nii.gz'} is not named <case>_XXXX.nii.gz",
         "channels": f"case case in {folder} has channel files _0000, _0001; the model takes 1 channel(s)",
-        "corrupt": f"input image {folder / 'case_0000.nii.gz'} cannot be read: its NIfTI header cannot be read",
-        "truncated": f"input image {folder / 'case_0000.nii.gz'} cannot be read: its gzip stream is cut off",
+        "corrupt": f"input image {folder / 'case_0000.nii.gz'}: its NIfTI header cannot be read",
+        "truncated": f"input image {folder / 'case_0000.nii.gz'}: its gzip stream is cut off",
+        "nan": f"input image {folder / 'case_0000.nii.gz'}: it holds 1 NaN or infinite values",
     }[problem]
     if problem == "no_nifti":
         for name in os.listdir(folder):
@@ -254,6 +255,10 @@ def test_bad_input_folder_is_refused_before_anything_is_written(models, tmp_path
     elif problem == "truncated":
         data = open(write_raw_case(folder, "case", (36, 36)), "rb").read()
         _write_file(folder / "case_0000.nii.gz", data[:len(data) // 2])
+    elif problem == "nan":  # SimpleITK, nnU-Net's NIfTI reader, would read the NaN as 0
+        array = np.random.default_rng(0).normal(size=(1, 36, 36)).astype(np.float32)
+        array[0, 3, 4] = np.nan
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(folder / "case_0000.nii.gz"))
     source = tmp_path / "nowhere" if problem == "missing" else folder
     message = _refusal(models["base"] + ["-i", str(source)])
     assert expected in message, message
@@ -262,8 +267,8 @@ def test_bad_input_folder_is_refused_before_anything_is_written(models, tmp_path
 
 @pytest.mark.parametrize("problem", ["nan", "corrupt"])
 def test_nan_or_a_corrupt_image_in_another_format_is_refused(models, tmp_path, problem):
-    """.mha: SimpleITK keeps NaN there (its NIfTI reader turns NaN into 0 before nnU-Net sees it) and has no
-    separate truncation check, so a damaged file reaches nnU-Net's reader."""
+    """.mha: no separate file check (as for NIfTI); NaN comes through nnU-Net's reader and a damaged file makes
+    the reader fail."""
     dataset_file = os.path.join(models["diffusion"], "dataset.json")
     dataset = json.loads(open(dataset_file).read())
     dataset["file_ending"] = ".mha"

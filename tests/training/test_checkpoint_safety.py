@@ -2,11 +2,13 @@
 
 import os
 import pickle
+import subprocess
 
 import numpy as np
 import pytest
 import torch
 from nnunet_fixtures import make_trainer, random_batch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunetv2_diffusion.training import nnUNetTrainerDiffRecycle
 from nnunetv2_diffusion.training.checkpointing import CheckpointError, load_checkpoint_file
@@ -52,6 +54,34 @@ def test_a_crash_during_saving_keeps_the_previous_checkpoint_whole(trainer, tmp_
     assert [f for f in os.listdir(tmp_path) if "checkpoint" in f] == ["checkpoint_best.pth"]  # no partial file
 
 
+def test_checkpoint_holds_exactly_the_entries_nnunet_writes(trainer, tmp_path):
+    ours, stock = str(tmp_path / "ours.pth"), str(tmp_path / "stock.pth")
+    trainer.save_checkpoint(ours)
+    nnUNetTrainer.save_checkpoint(trainer, stock)  # nnU-Net's own method on the same trainer state
+    mine, theirs = load_checkpoint_file(ours), torch.load(stock, weights_only=False)
+    assert mine.keys() == theirs.keys()
+    for key in ("current_epoch", "init_args", "trainer_name", "inference_allowed_mirroring_axes", "_best_ema",
+                "logging", "grad_scaler_state"):
+        assert mine[key] == theirs[key], key
+    assert mine["optimizer_state"]["param_groups"] == theirs["optimizer_state"]["param_groups"]
+    for a, b in zip(mine["network_weights"].values(), theirs["network_weights"].values(), strict=True):
+        assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+def test_temporary_files_of_a_killed_writer_are_removed_at_the_next_save(trainer, tmp_path):
+    path = str(tmp_path / "checkpoint_latest.pth")
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a finished process: its pid no longer exists
+    stale, live = f"{path}.partial-{dead.pid}", f"{path}.partial-{os.getppid()}"
+    for name in (stale, live):
+        with open(name, "wb") as f:
+            f.write(b"half a checkpoint")
+    trainer.save_checkpoint(path)
+    assert not os.path.exists(stale)
+    assert os.path.exists(live)  # another process that is still running may be writing it
+    assert load_checkpoint_file(path)["current_epoch"] == trainer.current_epoch + 1
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
 def test_damaged_checkpoint_gives_one_clear_error_naming_the_file(trainer, tmp_path, damage):
     path = str(tmp_path / "checkpoint_final.pth")
@@ -92,7 +122,8 @@ def test_non_finite_loss_stops_training_naming_epoch_and_iteration(trainer, tmp_
     trainer.current_epoch = 7
     trainer._iteration_in_epoch = 12
     batch = random_batch(trainer)
-    batch["data"][0, 0, 0, 0] = float("nan")
+    # a diverging run (NaN images are refused before the network sees them)
+    trainer.loss = lambda output, target: output[0].sum() * float("nan")
     weights = [p.detach().clone() for p in trainer.network.parameters()]
     with pytest.raises(NonFiniteLossError, match="epoch 7, iteration 12"):
         trainer.train_step(batch)

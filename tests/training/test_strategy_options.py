@@ -119,12 +119,16 @@ def test_importance_sampling_weights_the_per_sample_loss_by_one_over_p_t_T_and_f
     assert torch.allclose(per_sample[0], one)
 
 
-def test_importance_sampler_statistics_survive_a_checkpoint(tmp_path):
+def test_importance_sampler_statistics_survive_a_checkpoint(tmp_path, monkeypatch):
     trainer = make_trainer(nnUNetTrainerDiffRecycle_importance)
     trainer.inference_allowed_mirroring_axes = (0, 1)
     trainer.timestep_sampler.update(torch.tensor([0, 1, 1, 3]), torch.tensor([0.5, 2.0, 1.0, 0.25]))
     path = str(tmp_path / "checkpoint_latest.pth")
+    writes = []
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: (writes.append(f), real_save(obj, f, *a, **k)))
     trainer.save_checkpoint(path)
+    assert len(writes) == 1  # the statistics go into the one atomic write, not a rewrite of the file
     resumed = make_trainer(nnUNetTrainerDiffRecycle_importance)
     resumed.load_checkpoint(path)
     for key, value in trainer.timestep_sampler.state_dict().items():

@@ -1,12 +1,15 @@
-"""A diffusion trainer asked for something it does not support stops at construction, before any data loading."""
+"""A diffusion trainer asked for something it does not support stops at construction, before any data loading;
+a batch it cannot train on stops training naming its cases."""
 
 import os
 
+import numpy as np
 import pytest
 import torch
-from nnunet_fixtures import dataset_json, tiny_plans
+from nnunet_fixtures import dataset_json, make_trainer, random_batch, tiny_plans
 
 from nnunetv2_diffusion.training import nnUNetTrainerDiffRecycle
+from nnunetv2_diffusion.training.batch_checks import TrainingDataError
 
 
 def _build(trainer_class, labels_json):
@@ -37,3 +40,27 @@ def test_invalid_diffusion_settings_are_refused_with_the_trainer_name(attribute,
     bad_class = type("nnUNetTrainerDiffBadSettings", (nnUNetTrainerDiffRecycle,), {attribute: value})
     with pytest.raises(ValueError, match=f"nnUNetTrainerDiffBadSettings: invalid diffusion settings: {message}"):
         _build(bad_class, dataset_json())
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("nan_image", r"training case\(s\) case_b in .*: image holds NaN or infinite values"),
+    ("label_3", r"training case\(s\) case_b in .*: label values \[3.0\] are not class ids 0..2"),
+    ("negative_label", r"training case\(s\) case_b in .*: label values \[-1.0\] are not class ids 0..2"),
+])
+def test_a_bad_batch_names_its_case_before_the_network_sees_it(damage, message):
+    trainer = make_trainer(nnUNetTrainerDiffRecycle)
+    batch = {**random_batch(trainer), "keys": ["case_a", "case_b"]}
+    if damage == "nan_image":
+        batch["data"][1, 0, 3, 4] = float("nan")
+    else:
+        batch["target"][0][1, 0, 5, 6] = 3 if damage == "label_3" else -1
+    before = [p.clone() for p in trainer.network.parameters()]
+    for step in (trainer.train_step, trainer.validation_step):
+        with pytest.raises(TrainingDataError, match=message):
+            step(batch)
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.network.parameters(), strict=True))
+
+
+def test_a_good_batch_passes_the_checks():
+    trainer = make_trainer(nnUNetTrainerDiffRecycle)
+    assert np.isfinite(trainer.train_step({**random_batch(trainer), "keys": ["case_a", "case_b"]})["loss"])

@@ -1,0 +1,35 @@
+"""Refuse a training batch whose image or labels cannot be right, naming the cases it came from.
+
+nnU-Net passes whatever the preprocessed files hold to the network: a NaN image surfaces as a NaN loss, a label
+id outside ``dataset.json`` as an index error deep inside torch (``scatter_``). Checking each batch costs one
+``isfinite`` and one min/max over tensors already in memory; the per-case search runs only when a check fails.
+"""
+
+import torch
+
+
+class TrainingDataError(ValueError):
+    """A training batch holds NaN/inf image values or labels outside the dataset's classes; names the cases."""
+
+
+def check_training_batch(data: torch.Tensor, labels: torch.Tensor, num_classes: int, keys,
+                         preprocessed_folder: str) -> None:
+    """data: (B, channels, *patch) float; labels: (B, 1, *patch) class ids, valid in [0, num_classes - 1];
+    keys: the B case identifiers nnU-Net's loader puts in ``batch['keys']`` (or None)."""
+    names = list(keys) if keys is not None else [f"#{i} of the batch" for i in range(data.shape[0])]
+    if not torch.isfinite(data).all():
+        bad = [names[i] for i in range(data.shape[0]) if not torch.isfinite(data[i]).all()]
+        raise TrainingDataError(
+            f"training case(s) {', '.join(map(str, bad))} in {preprocessed_folder}: image holds NaN or infinite "
+            f"values after nnU-Net's preprocessing; check the raw images (nnUNetv2_plan_and_preprocess "
+            f"--verify_dataset_integrity) and preprocess again")
+    low, high = labels.min().item(), labels.max().item()
+    if low < 0 or high > num_classes - 1 or not torch.equal(labels, labels.round()):
+        bad = [names[i] for i in range(labels.shape[0])
+               if labels[i].min() < 0 or labels[i].max() > num_classes - 1 or not torch.equal(labels[i],
+                                                                                              labels[i].round())]
+        values = sorted({v for v in labels.unique().tolist() if v < 0 or v > num_classes - 1 or v != round(v)})
+        raise TrainingDataError(
+            f"training case(s) {', '.join(map(str, bad))} in {preprocessed_folder}: label values {values} are not "
+            f"class ids 0..{num_classes - 1} of dataset.json 'labels'; fix the labels or dataset.json and preprocess "
+            f"again")
