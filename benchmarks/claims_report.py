@@ -36,7 +36,7 @@ def _paired(cases: pd.DataFrame, a: tuple, b: tuple) -> dict:
             "a_better_cases": int((diff > 0).sum()), "b_better_cases": int((diff < 0).sum()), "wilcoxon_p": p}
 
 
-def _plot_steps(cases: pd.DataFrame, name: str) -> str:
+def _plot_steps(cases: pd.DataFrame, name: str, title: str) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, sampler in zip(axes, SAMPLERS, strict=True):
         for method in [m for m in DIFFUSION if m in set(cases.method)]:
@@ -44,7 +44,7 @@ def _plot_steps(cases: pd.DataFrame, name: str) -> str:
             ax.plot(curve.index, curve.values, marker="o", label=LABELS[method])
         stock = cases[cases.method == STOCK]["Dice"].mean()
         ax.axhline(stock, color="k", linestyle="--", label=LABELS[STOCK])
-        ax.set_title(f"{name}: {sampler.upper()}")
+        ax.set_title(f"{title}: {sampler.upper()}")
         ax.set_xlabel("sampling step")
         ax.set_xticks(range(1, STEPS + 1))
     axes[0].set_ylabel("mean test Dice")
@@ -56,7 +56,7 @@ def _plot_steps(cases: pd.DataFrame, name: str) -> str:
     return path
 
 
-def _plot_final(final: pd.DataFrame, name: str) -> str:
+def _plot_final(final: pd.DataFrame, name: str, title: str) -> str:
     fig, ax = plt.subplots(figsize=(9, 4))
     labels = [f"{LABELS[m]}\n{s if s != '-' else ''}" for m, s in zip(final.method, final.sampler, strict=True)]
     ax.bar(range(len(final)), final["Dice"], yerr=final["Dice_sem"], capsize=3,
@@ -65,7 +65,7 @@ def _plot_final(final: pd.DataFrame, name: str) -> str:
     low = max(0.0, final["Dice"].min() - 0.1)
     ax.set_ylim(low, 1.0)
     ax.set_ylabel("mean test Dice (± s.e.m. over cases)")
-    ax.set_title(f"{name}: final Dice after {STEPS} steps")
+    ax.set_title(f"{title}: final Dice after {STEPS} steps")
     fig.tight_layout()
     path = os.path.join(REPO, "docs", f"{name.lower()}_final_dice.png")
     fig.savefig(path, dpi=110)
@@ -73,28 +73,40 @@ def _plot_final(final: pd.DataFrame, name: str) -> str:
     return path
 
 
-def _plot_overlays(spec: dict, work: str, name: str, cases: list[str]) -> str | None:
-    """Image, ground truth and each method's final mask (DDPM) for a few test cases (2D datasets only)."""
-    from PIL import Image
+def _read_case(path: str) -> np.ndarray:
+    """A 2D PNG as (H, W) or a NIfTI volume as (Z, Y, X)."""
+    if path.endswith(".png"):
+        from PIL import Image
+        return np.asarray(Image.open(path))
+    import SimpleITK as sitk
+    return sitk.GetArrayFromImage(sitk.ReadImage(path))
+
+
+def _plot_overlays(spec: dict, work: str, name: str, cases: list[str]) -> str:
+    """Image, ground truth (green) and each method's final mask (red; DDPM) for a few test cases; volumes show the
+    axial slice with the most ground-truth foreground."""
     raw = os.path.join(work, "nnUNet_raw", spec["name"])
-    ending = ".png"
-    if not os.path.isfile(os.path.join(raw, "labelsTs", cases[0] + ending)):
-        return None
+    ending = json.load(open(os.path.join(raw, "dataset.json")))["file_ending"]
+    levels = [k + 0.5 for k in range(len(json.load(open(os.path.join(raw, "dataset.json")))["labels"]) - 1)]
     methods = [(m, s) for m, s in [(STOCK, None), *[(m, "ddpm") for m in DIFFUSION], ("ensemble", "ddpm")]
                if os.path.isdir(prediction_folder(work, 0, m, s))]
-    fig, axes = plt.subplots(len(cases), len(methods) + 1, figsize=(2.1 * (len(methods) + 1), 1.6 * len(cases)))
+    fig, axes = plt.subplots(len(cases), len(methods) + 1, figsize=(2.1 * (len(methods) + 1), 1.6 * len(cases)),
+                             squeeze=False)
     for row, case in enumerate(cases):
-        image = np.asarray(Image.open(os.path.join(raw, "imagesTs", f"{case}_0000{ending}")))
-        truth = np.asarray(Image.open(os.path.join(raw, "labelsTs", case + ending)))
-        axes[row, 0].imshow(image, cmap="gray")
-        axes[row, 0].contour(truth, levels=[0.5], colors="lime", linewidths=0.8)
-        axes[row, 0].set_title("image + truth" if row == 0 else "", fontsize=7)
-        for col, (method, sampler) in enumerate(methods, start=1):
-            mask = np.asarray(Image.open(os.path.join(prediction_folder(work, 0, method, sampler), case + ending)))
-            axes[row, col].imshow(image, cmap="gray")
-            axes[row, col].contour(truth, levels=[0.5], colors="lime", linewidths=0.6)
-            axes[row, col].contour(mask, levels=[0.5], colors="red", linewidths=0.8)
-            axes[row, col].set_title(LABELS[method] if row == 0 else "", fontsize=7)
+        image = _read_case(os.path.join(raw, "imagesTs", f"{case}_0000{ending}"))
+        truth = _read_case(os.path.join(raw, "labelsTs", case + ending))
+        masks = [_read_case(os.path.join(prediction_folder(work, 0, m, s), case + ending)) for m, s in methods]
+        if image.ndim == 3:
+            z = int(np.argmax((truth > 0).sum(axis=(1, 2))))
+            image, truth, masks = image[z], truth[z], [mask[z] for mask in masks]
+        for col, (mask, title) in enumerate([(None, "image + truth"), *zip(masks, [LABELS[m] for m, _ in methods],
+                                                                            strict=True)]):
+            ax = axes[row, col]
+            ax.imshow(image, cmap="gray")
+            ax.contour(truth, levels=levels, colors="lime", linewidths=0.6)
+            if mask is not None:
+                ax.contour(mask, levels=levels, colors="red", linewidths=0.8)
+            ax.set_title(title if row == 0 else "", fontsize=7)
     for ax in axes.ravel():
         ax.axis("off")
     fig.tight_layout()
@@ -105,8 +117,9 @@ def _plot_overlays(spec: dict, work: str, name: str, cases: list[str]) -> str | 
 
 
 def write_report(spec: dict, work: str, replicates: int, budget: str) -> dict:
-    name = spec["name"].split("_", 1)[1]
-    frame = pd.read_csv(os.path.join(REPO, "docs", "results", f"{name.lower()}_cases.csv"))
+    name = spec["key"]
+    title = f"{spec['name'].split('_', 1)[1]} {spec['configuration']}"
+    frame = pd.read_csv(os.path.join(REPO, "docs", "results", f"{name}_cases.csv"))
     cases = _per_case(frame)
     steps = cases.groupby(["method", "sampler", "step"])[["Dice", "HD95"]].mean().reset_index()
     final_cases = cases[cases.step == STEPS]
@@ -134,10 +147,10 @@ def write_report(spec: dict, work: str, replicates: int, budget: str) -> dict:
         "n_test_cases": int(final_cases.case.nunique()),
         "final": final.to_dict("records"), "per_label": per_label.to_dict("records"),
         "per_step": steps.to_dict("records"), "paired_tests": tests, "prediction_seconds": timings,
-        "plots": [p for p in (_plot_steps(cases, name), _plot_final(final, name),
-                              _plot_overlays(spec, work, name, overlay_cases)) if p],
+        "plots": [_plot_steps(cases, name, title), _plot_final(final, name, title),
+                  _plot_overlays(spec, work, name, overlay_cases)],
     }
-    path = os.path.join(REPO, "docs", "results", f"{name.lower()}_summary.json")
+    path = os.path.join(REPO, "docs", "results", f"{name}_summary.json")
     json.dump(summary, open(path, "w"), indent=1)
     print(final.to_string(index=False))
     print(pd.DataFrame(tests).to_string(index=False))

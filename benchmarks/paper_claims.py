@@ -3,7 +3,8 @@ training, prediction and evaluation is kept under --work and skipped when run ag
 
     .venv/bin/python benchmarks/paper_claims.py --dataset hc18            # everything, ~1 h on 2 CPU cores
     .venv/bin/python benchmarks/paper_claims.py --dataset hc18 --stage train
-    .venv/bin/python benchmarks/paper_claims.py --dataset hippocampus --hippocampus_source /path/to/msd_hippocampus
+    .venv/bin/python benchmarks/paper_claims.py --dataset hippocampus      # 2d plan, 32 slices a batch (CPU)
+    .venv/bin/python benchmarks/paper_claims.py --dataset hippocampus3d --device cuda    # 3d_fullres (GPU)
 
 Protocol (same for every method): the dataset's nnU-Net plans, its fixed split (train / held-out test, fold 0 for
 validation), the planned network topology, the same number of training iterations (the trainers' ``_300iters``
@@ -13,8 +14,8 @@ recycling model's DDPM probabilities with the stock model's softmax (weight 0.5)
 methods to fit the CPU budget. Replicates (``--replicates``) retrain every model in its own results folder; nnU-Net does
 not seed training, so replicates differ in initialisation and data order.
 
-Outputs: docs/results/<dataset>_cases.csv (one row per replicate, method, sampler, step, case, label), and
-docs/results/<dataset>_summary.json, docs/<dataset>_*.png, used by docs/benchmarks.md.
+Outputs (<dataset>: the --dataset key): docs/results/<dataset>_cases.csv (one row per replicate, method, sampler,
+step, case, label), docs/results/<dataset>_summary.json and docs/<dataset>_*.png, used by docs/benchmarks.md.
 """
 
 import argparse
@@ -35,9 +36,16 @@ DATASETS = {
     "hc18": {"id": 520, "name": "Dataset520_HC18", "configuration": "2d",
              "converter": "nnunetv2_diffusion.dataset_conversion.Dataset520_HC18",
              "source": os.path.join(REPO, "data", "hc18_fetal_head_us")},
-    "hippocampus": {"id": 527, "name": "Dataset527_Hippocampus", "configuration": "3d_fullres",
+    # CPU protocol: nnU-Net's 2d plan of the 3D volumes (slice-wise model, evaluated on whole volumes) with 32 slices
+    # a batch instead of the planned ~366, so 300 iterations take minutes; 3d_fullres needs hours per model here
+    "hippocampus": {"id": 527, "name": "Dataset527_Hippocampus", "configuration": "2d_bs32", "planned": "2d",
+                    "derived": {"batch_size": 32},
                     "converter": "nnunetv2_diffusion.dataset_conversion.Dataset527_Hippocampus",
                     "source": os.path.join(REPO, "..", "shared", "data", "msd_hippocampus")},
+    # the issue's full 3D protocol, for a GPU
+    "hippocampus3d": {"id": 527, "name": "Dataset527_Hippocampus", "configuration": "3d_fullres",
+                      "converter": "nnunetv2_diffusion.dataset_conversion.Dataset527_Hippocampus",
+                      "source": os.path.join(REPO, "..", "shared", "data", "msd_hippocampus")},
 }
 STOCK = "nnUNetTrainer"
 DIFFUSION = ["nnUNetTrainerDiff", "nnUNetTrainerDiffSelfCond", "nnUNetTrainerDiffRecycleNext",
@@ -73,10 +81,18 @@ def prepare(spec: dict, work: str) -> None:
     env = {**nnunet_env(work, 0), "nnUNet_n_proc_DA": "2"}
     if not os.path.isfile(os.path.join(env["nnUNet_raw"], spec["name"], "dataset.json")):
         run(["python", "-m", spec["converter"], "-i", spec["source"], "-d", str(spec["id"])], env)
-    planned = os.path.join(env["nnUNet_preprocessed"], spec["name"], f"nnUNetPlans_{spec['configuration']}")
-    if not os.path.isdir(planned):
-        run(["nnUNetv2_plan_and_preprocess", "-d", str(spec["id"]), "-c", spec["configuration"], "-np", "2",
+    configuration = spec.get("planned", spec["configuration"])
+    if not os.path.isdir(os.path.join(env["nnUNet_preprocessed"], spec["name"], f"nnUNetPlans_{configuration}")):
+        run(["nnUNetv2_plan_and_preprocess", "-d", str(spec["id"]), "-c", configuration, "-np", "2",
              "--verify_dataset_integrity"], env)
+    if "derived" in spec:  # a configuration that reuses the planned one's preprocessed data (nnU-Net's inherits_from)
+        plans_file = os.path.join(env["nnUNet_preprocessed"], spec["name"], "nnUNetPlans.json")
+        plans = json.load(open(plans_file))
+        wanted = {"inherits_from": configuration, **spec["derived"]}
+        if plans["configurations"].get(spec["configuration"]) != wanted:
+            plans["configurations"][spec["configuration"]] = wanted
+            json.dump(plans, open(plans_file, "w"), indent=4)
+            log(f"added configuration {spec['configuration']} = {wanted} to {plans_file}")
 
 
 def model_folder(env: dict, spec: dict, trainer: str, budget: str) -> str:
@@ -155,7 +171,7 @@ def evaluate(spec: dict, work: str, replicates: int) -> str:
                                                 "step": step, "case": case, "label": label, **metrics})
                 json.dump(folder_rows, open(cache, "w"))
             rows += json.load(open(cache))
-    path = os.path.join(REPO, "docs", "results", f"{spec['name'].split('_', 1)[1].lower()}_cases.csv")
+    path = os.path.join(REPO, "docs", "results", f"{spec['key']}_cases.csv")
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -175,8 +191,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--hippocampus_source", default=None)
     args = parser.parse_args()
-    spec = dict(DATASETS[args.dataset])
-    if args.dataset == "hippocampus" and args.hippocampus_source:
+    spec = {**DATASETS[args.dataset], "key": args.dataset}
+    if args.dataset.startswith("hippocampus") and args.hippocampus_source:
         spec["source"] = args.hippocampus_source
     work = os.path.join(os.path.abspath(args.work), args.dataset)
     stages = ("prepare", "train", "predict", "evaluate", "report") if args.stage == "all" else (args.stage,)
