@@ -17,19 +17,26 @@ def check_training_batch(data: torch.Tensor, labels: torch.Tensor, num_classes: 
     """data: (B, channels, *patch) float; labels: (B, 1, *patch) class ids, valid in [0, num_classes - 1];
     keys: the B case identifiers nnU-Net's loader puts in ``batch['keys']`` (or None)."""
     names = list(keys) if keys is not None else [f"#{i} of the batch" for i in range(data.shape[0])]
-    if not torch.isfinite(data).all():
-        bad = [names[i] for i in range(data.shape[0]) if not torch.isfinite(data[i]).all()]
+    if _has_non_finite(data):
+        bad = [name for name, sample in zip(names, data, strict=True) if _has_non_finite(sample)]
         raise TrainingDataError(
             f"training case(s) {', '.join(map(str, bad))} in {preprocessed_folder}: image holds NaN or infinite "
             f"values after nnU-Net's preprocessing; check the raw images (nnUNetv2_plan_and_preprocess "
             f"--verify_dataset_integrity) and preprocess again")
-    low, high = labels.min().item(), labels.max().item()
-    if low < 0 or high > num_classes - 1 or not torch.equal(labels, labels.round()):
-        bad = [names[i] for i in range(labels.shape[0])
-               if labels[i].min() < 0 or labels[i].max() > num_classes - 1 or not torch.equal(labels[i],
-                                                                                              labels[i].round())]
+    if _has_foreign_labels(labels, num_classes):
+        bad = [name for name, sample in zip(names, labels, strict=True) if _has_foreign_labels(sample, num_classes)]
         values = sorted({v for v in labels.unique().tolist() if v < 0 or v > num_classes - 1 or v != round(v)})
         raise TrainingDataError(
             f"training case(s) {', '.join(map(str, bad))} in {preprocessed_folder}: label values {values} are not "
             f"class ids 0..{num_classes - 1} of dataset.json 'labels'; fix the labels or dataset.json and preprocess "
             f"again")
+
+
+def _has_non_finite(image: torch.Tensor) -> bool:
+    return not bool(torch.isfinite(image).all())
+
+
+def _has_foreign_labels(labels: torch.Tensor, num_classes: int) -> bool:
+    """Any value below 0, above num_classes - 1, or not a whole number (one min/max pass plus one rounding)."""
+    low, high = torch.aminmax(labels)
+    return bool(low < 0 or high > num_classes - 1) or not torch.equal(labels, labels.round())

@@ -74,17 +74,13 @@ def _fsync_directory(folder: str) -> None:
         os.close(descriptor)
 
 
-def remove_stale_partial_files(filename: str) -> list[str]:
-    """Deletes ``<filename>.partial-<pid>`` files whose writer process is gone (killed mid-write); returns them.
-    Files of a live process (another run saving right now) are left alone."""
-    removed = []
+def remove_stale_partial_files(filename: str) -> None:
+    """Deletes ``<filename>.partial-<pid>`` files whose writer process is gone (killed mid-write). Files of a live
+    process (another run saving right now) are left alone."""
     for path in glob.glob(f"{glob.escape(filename)}.partial-*"):
         pid = path.rsplit("-", 1)[1]
-        if not pid.isdigit() or (int(pid) != os.getpid() and _process_exists(int(pid))):
-            continue
-        os.remove(path)
-        removed.append(path)
-    return removed
+        if pid.isdigit() and (int(pid) == os.getpid() or not _process_exists(int(pid))):
+            os.remove(path)
 
 
 def _process_exists(pid: int) -> bool:
@@ -136,8 +132,11 @@ class SafeCheckpointMixin:
         atomic_save(lambda temporary: torch.save(checkpoint, temporary), filename)
 
     def extra_checkpoint_state(self) -> dict:
-        """Entries a subclass adds to every checkpoint (restore them in ``load_checkpoint``)."""
+        """Entries a subclass adds to every checkpoint; :meth:`restore_extra_checkpoint_state` reads them back."""
         return {}
+
+    def restore_extra_checkpoint_state(self, checkpoint: dict) -> None:
+        """Called by :meth:`load_checkpoint` with the loaded dict, after nnU-Net's entries are restored."""
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         if not self.was_initialized:
@@ -160,3 +159,4 @@ class SafeCheckpointMixin:
         self.optimizer.load_state_dict(checkpoint["optimizer_state"])
         if self.grad_scaler is not None and checkpoint["grad_scaler_state"] is not None:
             self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
+        self.restore_extra_checkpoint_state(checkpoint)

@@ -16,7 +16,7 @@ from nnunetv2_diffusion.diffusion.mask_encoding import labels_to_x0, x0_from_log
 from nnunetv2_diffusion.diffusion.timestep_samplers import TIMESTEP_SAMPLERS, make_timestep_sampler
 from nnunetv2_diffusion.networks.build import build_diffusion_network
 from nnunetv2_diffusion.training.batch_checks import check_training_batch
-from nnunetv2_diffusion.training.checkpointing import SafeCheckpointMixin, load_checkpoint_file
+from nnunetv2_diffusion.training.checkpointing import SafeCheckpointMixin
 from nnunetv2_diffusion.training.dice_focal_loss import DiceFocalLoss
 from nnunetv2_diffusion.training.loss_guard import FiniteLossMixin
 
@@ -224,13 +224,9 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
             return {}
         return {"timestep_sampler_state": self.timestep_sampler.state_dict()}
 
-    def load_checkpoint(self, filename_or_checkpoint: dict | str) -> None:
-        super().load_checkpoint(filename_or_checkpoint)
-        if self.timestep_sampling == "uniform":
-            return
-        checkpoint = filename_or_checkpoint if isinstance(filename_or_checkpoint, dict) else \
-            load_checkpoint_file(filename_or_checkpoint)
-        if "timestep_sampler_state" in checkpoint:  # absent when resuming a run that sampled uniformly
+    def restore_extra_checkpoint_state(self, checkpoint: dict) -> None:
+        # absent when uniform, or when resuming a run that sampled uniformly
+        if self.timestep_sampling != "uniform" and "timestep_sampler_state" in checkpoint:
             self.timestep_sampler.load_state_dict(checkpoint["timestep_sampler_state"])
 
     # ------------------------------------------------------------------ per-epoch pseudo validation
