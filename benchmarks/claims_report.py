@@ -10,7 +10,13 @@ from scipy.stats import wilcoxon
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from paper_claims import DIFFUSION, LABELS, REPO, SAMPLERS, STEPS, STOCK, prediction_folder  # noqa: E402
+from benchmark_protocol import REPO, SAMPLERS, STEPS, STOCK, prediction_folder  # noqa: E402
+
+DIFFUSION = ["nnUNetTrainerDiff", "nnUNetTrainerDiffSelfCond", "nnUNetTrainerDiffRecycleNext",
+             "nnUNetTrainerDiffRecycle"]
+LABELS = {"nnUNetTrainer": "stock nnU-Net", "nnUNetTrainerDiff": "standard diffusion",
+          "nnUNetTrainerDiffSelfCond": "self-conditioning", "nnUNetTrainerDiffRecycleNext": "xt-recycling",
+          "nnUNetTrainerDiffRecycle": "xT-recycling (ours)", "ensemble": "stock + xT-recycling"}
 
 RECYCLE = "nnUNetTrainerDiffRecycle"
 

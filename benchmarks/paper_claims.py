@@ -23,80 +23,27 @@ import csv
 import glob
 import json
 import os
-import subprocess
 import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmark_protocol import (  # noqa: E402
+    DATASETS,
+    REPO,
+    SAMPLERS,
+    STEPS,
+    STOCK,
+    is_trained,
+    log,
+    model_folder,
+    nnunet_env,
+    prediction_folder,
+    prepare,
+    run,
+    test_cases,
+)
+from claims_report import DIFFUSION, write_report  # noqa: E402
 from segmentation_metrics import evaluate_case  # noqa: E402
-
-BIN = os.path.dirname(sys.executable)
-DATASETS = {
-    "hc18": {"id": 520, "name": "Dataset520_HC18", "configuration": "2d",
-             "converter": "nnunetv2_diffusion.dataset_conversion.Dataset520_HC18",
-             "source": os.path.join(REPO, "data", "hc18_fetal_head_us")},
-    # CPU protocol: nnU-Net's 2d plan of the 3D volumes (slice-wise model, evaluated on whole volumes) with 32 slices
-    # a batch instead of the planned ~366, so 300 iterations take minutes; 3d_fullres needs hours per model here
-    "hippocampus": {"id": 527, "name": "Dataset527_Hippocampus", "configuration": "2d_bs32", "planned": "2d",
-                    "derived": {"batch_size": 32},
-                    "converter": "nnunetv2_diffusion.dataset_conversion.Dataset527_Hippocampus",
-                    "source": os.path.join(REPO, "..", "shared", "data", "msd_hippocampus")},
-    # the issue's full 3D protocol, for a GPU
-    "hippocampus3d": {"id": 527, "name": "Dataset527_Hippocampus", "configuration": "3d_fullres",
-                      "converter": "nnunetv2_diffusion.dataset_conversion.Dataset527_Hippocampus",
-                      "source": os.path.join(REPO, "..", "shared", "data", "msd_hippocampus")},
-}
-STOCK = "nnUNetTrainer"
-DIFFUSION = ["nnUNetTrainerDiff", "nnUNetTrainerDiffSelfCond", "nnUNetTrainerDiffRecycleNext",
-             "nnUNetTrainerDiffRecycle"]
-LABELS = {"nnUNetTrainer": "stock nnU-Net", "nnUNetTrainerDiff": "standard diffusion",
-          "nnUNetTrainerDiffSelfCond": "self-conditioning", "nnUNetTrainerDiffRecycleNext": "xt-recycling",
-          "nnUNetTrainerDiffRecycle": "xT-recycling (ours)", "ensemble": "stock + xT-recycling"}
-SAMPLERS = ("ddpm", "ddim")
-STEPS = 5
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def run(args: list[str], env: dict) -> None:
-    log(" ".join(args))
-    subprocess.run([os.path.join(BIN, args[0]), *args[1:]], env=env, check=True)
-
-
-def nnunet_env(work: str, replicate: int) -> dict:
-    env = dict(os.environ)
-    env.update({"nnUNet_raw": f"{work}/nnUNet_raw", "nnUNet_preprocessed": f"{work}/nnUNet_preprocessed",
-                "nnUNet_results": f"{work}/nnUNet_results/replicate_{replicate}", "nnUNet_compile": "f",
-                "nnUNet_def_n_proc": env.get("nnUNet_def_n_proc", "2")})
-    for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.makedirs(env[key], exist_ok=True)
-    return env
-
-
-def prepare(spec: dict, work: str) -> None:
-    # nnU-Net 2.8.1's planning crashes with nnUNet_n_proc_DA=0, which training and prediction use here
-    env = {**nnunet_env(work, 0), "nnUNet_n_proc_DA": "2"}
-    if not os.path.isfile(os.path.join(env["nnUNet_raw"], spec["name"], "dataset.json")):
-        run(["python", "-m", spec["converter"], "-i", spec["source"], "-d", str(spec["id"])], env)
-    configuration = spec.get("planned", spec["configuration"])
-    if not os.path.isdir(os.path.join(env["nnUNet_preprocessed"], spec["name"], f"nnUNetPlans_{configuration}")):
-        run(["nnUNetv2_plan_and_preprocess", "-d", str(spec["id"]), "-c", configuration, "-np", "2",
-             "--verify_dataset_integrity"], env)
-    if "derived" in spec:  # a configuration that reuses the planned one's preprocessed data (nnU-Net's inherits_from)
-        plans_file = os.path.join(env["nnUNet_preprocessed"], spec["name"], "nnUNetPlans.json")
-        plans = json.load(open(plans_file))
-        wanted = {"inherits_from": configuration, **spec["derived"]}
-        if plans["configurations"].get(spec["configuration"]) != wanted:
-            plans["configurations"][spec["configuration"]] = wanted
-            json.dump(plans, open(plans_file, "w"), indent=4)
-            log(f"added configuration {spec['configuration']} = {wanted} to {plans_file}")
-
-
-def model_folder(env: dict, spec: dict, trainer: str, budget: str) -> str:
-    return os.path.join(env["nnUNet_results"], spec["name"], f"{trainer}{budget}__nnUNetPlans__{spec['configuration']}")
 
 
 def train(spec: dict, work: str, replicate: int, budget: str, device: str) -> None:
@@ -104,14 +51,9 @@ def train(spec: dict, work: str, replicate: int, budget: str, device: str) -> No
     # the paper's method and its two anchors first, so a run cut short still answers claims (c) and (d)
     for trainer in ["nnUNetTrainerDiffRecycle", STOCK, "nnUNetTrainerDiff", "nnUNetTrainerDiffSelfCond",
                     "nnUNetTrainerDiffRecycleNext"]:
-        if not os.path.isfile(os.path.join(model_folder(env, spec, trainer, budget), "fold_0", "checkpoint_final.pth")):
+        if not is_trained(env, spec, trainer, budget):
             run(["nnUNetv2_train", str(spec["id"]), spec["configuration"], "0", "-tr", trainer + budget,
                  "-device", device], env)
-
-
-def prediction_folder(work: str, replicate: int, method: str, sampler: str | None) -> str:
-    return os.path.join(work, "predictions", f"replicate_{replicate}", method if sampler is None else
-                        f"{method}_{sampler}")
 
 
 def predict(spec: dict, work: str, replicate: int, budget: str, device: str) -> None:
@@ -131,8 +73,7 @@ def predict(spec: dict, work: str, replicate: int, budget: str, device: str) -> 
         out = prediction_folder(work, replicate, method, sampler)
         done = os.path.join(out, "finished.json")
         needed = [STOCK, "nnUNetTrainerDiffRecycle"] if method == "ensemble" else [method]
-        missing = [t for t in needed if not os.path.isfile(
-            os.path.join(model_folder(env, spec, t, budget), "fold_0", "checkpoint_final.pth"))]
+        missing = [t for t in needed if not is_trained(env, spec, t, budget)]
         if os.path.isfile(done) or missing:
             if missing:
                 log(f"skipping {os.path.basename(out)}: {', '.join(missing)} not trained yet")
@@ -144,14 +85,7 @@ def predict(spec: dict, work: str, replicate: int, budget: str, device: str) -> 
 
 def evaluate(spec: dict, work: str, replicates: int) -> str:
     """One CSV row per replicate, method, sampler, step, case and label; cached per prediction folder."""
-    from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
-
-    raw = os.path.join(work, "nnUNet_raw", spec["name"])
-    dataset_json = json.load(open(os.path.join(raw, "dataset.json")))
-    ending = dataset_json["file_ending"]
-    reader = determine_reader_writer_from_dataset_json(dataset_json, os.path.join(raw, "imagesTr", os.listdir(
-        os.path.join(raw, "imagesTr"))[0]))()
-    labels = sorted(v for k, v in dataset_json["labels"].items() if k != "background")
+    references, ending, reader, labels = test_cases(spec, work)
     rows = []
     for replicate in range(replicates):
         for folder in sorted(glob.glob(os.path.join(work, "predictions", f"replicate_{replicate}", "*"))):
@@ -159,7 +93,7 @@ def evaluate(spec: dict, work: str, replicates: int) -> str:
             if not os.path.isfile(cache):
                 method, _, sampler = os.path.basename(folder).partition("_")
                 folder_rows = []
-                for reference in sorted(glob.glob(os.path.join(raw, "labelsTs", f"*{ending}"))):
+                for reference in references:
                     case = os.path.basename(reference)[: -len(ending)]
                     steps = {STEPS: os.path.join(folder, case + ending)}
                     steps.update({k: os.path.join(folder, "steps", f"{case}_step{k}{ending}")
@@ -207,7 +141,6 @@ def main() -> None:
     if "evaluate" in stages:
         evaluate(spec, work, args.replicates)
     if "report" in stages:
-        from claims_report import write_report
         write_report(spec, work, args.replicates, args.budget)
     log(f"done in {time.time() - started:.0f} s")
 

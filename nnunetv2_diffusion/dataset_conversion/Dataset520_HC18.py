@@ -30,9 +30,9 @@ spacing of (999, 1, 1). PNG rather than NIfTI with the physical pixel size becau
 (about 0.05-0.3 mm): with NIfTI nnU-Net would resample every image to the median spacing (and back at export), which
 changes the apparent head size in pixels and costs an interpolation of the outline-derived masks, while with PNG all
 images keep one grid of 200 x 135, nnU-Net plans a single 2d configuration whose patch covers the whole image, and
-the stock baseline (BASELINE_CPU.md) was measured on exactly these files. The per-image pixel size (times the
-resampling factor) and the reference head circumference are written to ``pixel_size_and_hc.csv`` next to
-``dataset.json``, so circumferences in mm can be computed from predictions.
+the stock baseline (docs/design.md, "Stock nnU-Net on two CPU cores") was measured on exactly these files. The
+per-image pixel size (times the resampling factor) and the reference head circumference are written to
+``pixel_size_and_hc.csv`` next to ``dataset.json``, so circumferences in mm can be computed from predictions.
 
 Split. By subject (never splitting one): the last ``TEST_FRACTION`` (19 %, rounded) of the sorted subject ids go to
 imagesTs/labelsTs, the rest to imagesTr/labelsTr; for the shipped 158 subjects that is exactly 000-127 (160 images)

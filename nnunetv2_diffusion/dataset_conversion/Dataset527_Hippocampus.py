@@ -1,8 +1,8 @@
 """MSD Task04 Hippocampus -> nnU-Net raw ``Dataset527_Hippocampus`` (3D MR, labels anterior / posterior).
 
 Source layout (Medical Segmentation Decathlon, Antonelli et al., Nat. Commun. 13:4128, 2022,
-doi:10.1038/s41467-022-30695-9, http://medicaldecathlon.com/, CC BY-SA 4.0; the 208-case subset shipped in
-``/work/shared/data/msd_hippocampus`` is the Udacity redistribution in the same layout, see its README.md)::
+doi:10.1038/s41467-022-30695-9, http://medicaldecathlon.com/, CC BY-SA 4.0; the 208-case subset shipped in this
+repository under ``data/msd_hippocampus/`` is the Udacity redistribution in the same layout, see its README.md)::
 
     imagesTr/hippocampus_XXX.nii.gz   3D mono-modal MR, about 35 x 50 x 35 voxels at 1 mm (float32 or uint8)
     labelsTr/hippocampus_XXX.nii.gz   same grid; 0 background, 1 anterior (head), 2 posterior (body + tail)
@@ -12,10 +12,10 @@ Labels stored as float (two shipped files) are cast to uint8 after checking that
 listed in ``conversion_report.json``. Image intensities are left as they are although their scales differ between
 cases (uint8 0-255 next to float32 up to ~3000): nnU-Net z-scores each case (channel name "MRI").
 
-Split. Fixed, as in the stock CPU baseline (BASELINE_CPU.md): the cases sorted by name, the first 80 % (rounded)
--> imagesTr/labelsTr, the last 20 % -> imagesTs/labelsTs (166 / 42 for the shipped 208). ``splits_final.json``
-holds the baseline's single fold 0 whose validation set is the last 10 % (rounded, 17 of 166) of the training cases.
-Each case is one subject, so nothing else constrains the split.
+Split. Fixed, as in the stock CPU baseline (docs/design.md, "Stock nnU-Net on two CPU cores"): the cases sorted by
+name, the first 80 % (rounded) -> imagesTr/labelsTr, the last 20 % -> imagesTs/labelsTs (166 / 42 for the shipped
+208). ``splits_final.json`` holds the baseline's single fold 0 whose validation set is the last 10 % (rounded, 17
+of 166) of the training cases. Each case is one subject, so nothing else constrains the split.
 """
 
 from __future__ import annotations
