@@ -2,11 +2,16 @@
 
 from dataclasses import asdict, dataclass, fields
 
-from nnunetv2_diffusion.diffusion.samplers import SAMPLERS
+from nnunetv2_diffusion.diffusion.samplers import check_sampling_options
 from nnunetv2_diffusion.diffusion.schedules import SCHEDULES
 
 STRATEGIES = ("standard", "self_conditioning", "self_conditioning_next", "xt_recycling", "xT_recycling")
-"""Training strategies (DESIGN §1); 'self_conditioning_next' is Watson et al. 2023's estimate from t + 1."""
+"""Training strategies (docs/design.md); 'self_conditioning_next' is Watson et al. 2023's estimate from t + 1."""
+
+CONDITIONINGS = ("stage", "block")
+"""Where the timestep enters the U-Net: 'stage' scales and shifts each stage's output (after its last nonlinearity);
+'block' scales and shifts every normalisation output (before its nonlinearity), zero-initialised, with zero-initialised
+mask weights in the first convolution, so the untrained network ignores x_t and tau (docs/design.md)."""
 
 
 @dataclass(frozen=True)
@@ -20,6 +25,7 @@ class DiffusionConfig:
     self_conditioning: the network takes C more input channels holding the previous x0 estimate.
     strategy: how the model was trained (one of :data:`STRATEGIES`); a record for whoever loads the checkpoint,
         inference does not depend on it.
+    conditioning: one of :data:`CONDITIONINGS`; checkpoints written before the field existed are 'stage'.
     """
 
     num_timesteps: int = 5
@@ -29,23 +35,33 @@ class DiffusionConfig:
     eta: float = 0.0
     self_conditioning: bool = False
     strategy: str = "standard"
+    conditioning: str = "stage"
 
     def __post_init__(self):
         if self.num_timesteps < 2:
             raise ValueError(f"num_timesteps must be >= 2 (got {self.num_timesteps})")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.sampler!r}; valid: {', '.join(SAMPLERS)}")
-        if not 1 <= self.sampling_steps <= self.num_timesteps:
-            raise ValueError(f"sampling_steps must be in [1, {self.num_timesteps}] (got {self.sampling_steps})")
-        if not 0 <= self.eta <= 1:
-            raise ValueError(f"eta must be in [0, 1] (got {self.eta})")
+        check_sampling_options(self.sampler, self.sampling_steps, self.eta if self.sampler == "ddim" else None,
+                               self.num_timesteps)
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown training strategy {self.strategy!r}; valid: {', '.join(STRATEGIES)}")
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(f"unknown conditioning {self.conditioning!r}; valid: {', '.join(CONDITIONINGS)}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def sampling(self, sampler: str | None = None, steps: int | None = None,
+                 eta: float | None = None) -> tuple[str, int, float]:
+        """(sampler, steps, eta) for inference: what is given, checked against this model's T, else the stored
+        defaults. eta is 0 for DDPM; an eta given with DDPM (explicitly or as the stored sampler) is an error."""
+        name = sampler or self.sampler
+        check_sampling_options(name, steps, eta, self.num_timesteps)
+        if eta is not None and name == "ddpm":
+            raise ValueError("eta applies to the ddim sampler only (choose the ddim sampler or give no eta)")
+        eta = (self.eta if eta is None else eta) if name == "ddim" else 0.0
+        return name, steps or self.sampling_steps, eta
 
     @classmethod
     def from_dict(cls, values: dict) -> "DiffusionConfig":

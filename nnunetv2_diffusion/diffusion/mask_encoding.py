@@ -1,10 +1,13 @@
-"""How segmentation masks live in diffusion space (DESIGN §1).
+"""How segmentation masks live in diffusion space (docs/design.md, "Notation").
 
 A label map ``y`` with C classes becomes ``x0 = 2 * onehot(y) - 1`` in {-1, 1}; the network sees a noisy mask
 ``x_t`` through ``m(x_t) = (clip(x_t, -1, 1) + 1) / 2`` in [0, 1]; its C logits give ``x0_hat = 2 * softmax - 1``.
 """
 
 import torch
+
+PROBABILITY_FLOOR = 1e-20
+"""Smallest probability taken to the log: log(1e-20) = -46 is finite in float32 and far below any that matters."""
 
 
 def labels_to_x0(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -33,3 +36,9 @@ def no_estimate_like(x: torch.Tensor) -> torch.Tensor:
     """Self-conditioning's "no previous estimate", shaped like x (B, C, *spatial): -1 everywhere, so that
     m(-1) = 0 puts zeros in the estimate channels, as training does for dropped samples and first passes."""
     return torch.full_like(x, -1.0)
+
+
+def log_probabilities(probabilities: torch.Tensor) -> torch.Tensor:
+    """Class probabilities (any shape) -> float32 log-probabilities, floored at :data:`PROBABILITY_FLOOR`; nnU-Net's
+    export takes them as its "logits" because softmax(log p) = p."""
+    return torch.log(probabilities.float().clamp_min(PROBABILITY_FLOOR))

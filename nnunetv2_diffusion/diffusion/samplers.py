@@ -15,6 +15,30 @@ from nnunetv2_diffusion.diffusion.schedules import validate_alphas_cumprod
 SAMPLERS = ("ddpm", "ddim")
 
 
+def check_sampling_options(sampler: str | None = None, steps=None, eta: float | None = None,
+                           num_timesteps: int | None = None) -> None:
+    """The one check of sampling options, used by the samplers, the stored settings and the predictor; None means
+    "not given". ``steps`` must be an integer in [1, num_timesteps], ``eta`` in [0, 1] and 0 with DDPM, which has no
+    eta (eta = 0 is DDIM's deterministic limit, eta = 1 its DDPM-like one).
+
+    Raises:
+        ValueError: naming the option and its valid values.
+    """
+    if sampler is not None and sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if steps is not None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps must be a positive integer (got {steps!r})")
+        if num_timesteps is not None and steps > num_timesteps:
+            raise ValueError(f"steps={steps} exceeds the {num_timesteps} timesteps of the training schedule; "
+                             f"choose steps in [1, {num_timesteps}]")
+    if eta is not None:
+        if not 0.0 <= eta <= 1.0:
+            raise ValueError(f"eta must be in [0, 1] (got {eta})")
+        if sampler == "ddpm" and eta != 0:
+            raise ValueError(f"eta applies to the ddim sampler only (got eta={eta} with ddpm)")
+
+
 class _Sampler:
     """Inference timesteps and noise drawing shared by :class:`DDPMSampler` and :class:`DDIMSampler`."""
 
@@ -130,8 +154,7 @@ class DDIMSampler(_Sampler):
             eta: noise scale in [0, 1]. Above 1, sigma^2 exceeds 1 - abar_prev at some steps and eq. 12 has no
                 real solution.
         """
-        if not 0.0 <= eta <= 1.0:
-            raise ValueError(f"eta must be in [0, 1], got {eta}")
+        check_sampling_options("ddim", eta=eta)
         super().__init__(alphas_cumprod=alphas_cumprod)
         self.eta = eta
 
@@ -183,12 +206,9 @@ def make_sampler(name: str, *, alphas_cumprod: torch.Tensor, eta: float = 0.0) -
     """The named sampler (one of :data:`SAMPLERS`) on the training schedule ``alphas_cumprod``.
 
     Raises:
-        ValueError: for an unknown name, or eta != 0 with "ddpm" (DDPM has no eta).
+        ValueError: see :func:`check_sampling_options`.
     """
+    check_sampling_options(name, eta=eta)
     if name == "ddpm":
-        if eta != 0:
-            raise ValueError(f"eta applies to the ddim sampler only, got eta={eta} with ddpm")
         return DDPMSampler(alphas_cumprod=alphas_cumprod)
-    if name == "ddim":
-        return DDIMSampler(alphas_cumprod=alphas_cumprod, eta=eta)
-    raise ValueError(f"unknown sampler {name!r}; valid: {', '.join(SAMPLERS)}")
+    return DDIMSampler(alphas_cumprod=alphas_cumprod, eta=eta)

@@ -12,6 +12,14 @@ import torch
 SCHEDULES = ("linear", "cosine")
 
 
+def timestep_to_tau(t, num_timesteps: int):
+    """Timestep t in [0, T-1] (int or tensor) -> the network's time input tau = (t + 1) / T in (0, 1] (float, or a
+    float32 tensor of t's shape). Shifted by one so that t = 0, the least noisy step, still differs from "no time"."""
+    if isinstance(t, torch.Tensor):
+        return (t.float() + 1) / num_timesteps
+    return (t + 1) / num_timesteps
+
+
 def _check_num_timesteps(num_timesteps: int) -> None:
     if num_timesteps < 2:
         raise ValueError(f"num_timesteps must be >= 2, got {num_timesteps}")

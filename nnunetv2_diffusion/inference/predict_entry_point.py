@@ -21,12 +21,9 @@ from nnunetv2.utilities.file_path_utilities import get_output_folder
 from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
 from nnunetv2_diffusion.diffusion.samplers import SAMPLERS
-from nnunetv2_diffusion.inference.predictor import (
-    DEFAULT_SEED,
-    DiffusionPredictorError,
-    nnUNetDiffusionPredictor,
-    read_json_file,
-)
+from nnunetv2_diffusion.inference.errors import DiffusionPredictorError
+from nnunetv2_diffusion.inference.input_checks import read_json_file
+from nnunetv2_diffusion.inference.predictor import DEFAULT_SEED, nnUNetDiffusionPredictor
 
 DEFAULT_TRAINER = "nnUNetTrainerDiffRecycle"
 PROGRAM = "nnUNetv2_predict_diffusion"
@@ -94,15 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
                             f"do not depend on case order. Default: {DEFAULT_SEED}")
     group.add_argument("--num_samples", type=int, default=1,
                        help="Average K independent samples per case; with K > 1 also writes the per-voxel entropy of "
-                            "the mean probabilities to <output>/uncertainty/<case>_entropy<ending>. Default: 1")
+                            "the mean probabilities to <output>/uncertainty/<case>_entropy<ending>. With DDIM at "
+                            "eta 0 samples differ only through their starting noise x_T. Default: 1")
     group.add_argument("--save_steps", action="store_true",
                        help="Also write the segmentation after every denoising step to "
                             "<output>/steps/<case>_step<k><ending>.")
     group.add_argument("--ensemble_with", type=str, default=None, metavar="MODEL_FOLDER",
                        help="A stock nnU-Net model folder (same dataset, labels and preprocessing) whose softmax is "
                             "averaged with the diffusion probabilities before export; uses the same -f and -chk.")
-    group.add_argument("--ensemble_weight", type=float, default=0.5,
-                       help="w in (1 - w) * p_diffusion + w * p_stock. Default: 0.5")
+    group.add_argument("--ensemble_weight", type=float, default=None,
+                       help="w in (1 - w) * p_diffusion + w * p_stock. Default: the weight chosen on validation "
+                            "cases by nnUNetv2_diffusion_choose_ensemble for this stock model, else 0.5")
     return parser
 
 

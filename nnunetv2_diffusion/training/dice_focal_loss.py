@@ -1,4 +1,4 @@
-"""The paper's segmentation loss: foreground-mean soft Dice + 20 x focal (gamma = 2) (Fu et al. 2023, DESIGN §1).
+"""The paper's segmentation loss: foreground-mean soft Dice + 20 x focal (gamma = 2) (Fu et al. 2023; docs/design.md).
 
 nnU-Net's Dice + CE stays the default loss of every diffusion trainer; this one is a variant (``_focalDice``).
 """

@@ -1,4 +1,4 @@
-"""Standard diffusion segmentation training inside nnU-Net's pipeline (DESIGN §1, 'Standard')."""
+"""Standard diffusion segmentation training inside nnU-Net's pipeline (docs/design.md, "Training strategies")."""
 
 from typing import NamedTuple
 
@@ -13,12 +13,15 @@ from torch import autocast
 from nnunetv2_diffusion.diffusion.config import DiffusionConfig
 from nnunetv2_diffusion.diffusion.gaussian_diffusion import GaussianDiffusion
 from nnunetv2_diffusion.diffusion.mask_encoding import labels_to_x0, x0_from_logits
+from nnunetv2_diffusion.diffusion.schedules import timestep_to_tau
 from nnunetv2_diffusion.diffusion.timestep_samplers import TIMESTEP_SAMPLERS, make_timestep_sampler
 from nnunetv2_diffusion.networks.build import build_diffusion_network
+from nnunetv2_diffusion.networks.wrappers import highest_resolution
 from nnunetv2_diffusion.training.batch_checks import check_training_batch
 from nnunetv2_diffusion.training.checkpointing import SafeCheckpointMixin
 from nnunetv2_diffusion.training.dice_focal_loss import DiceFocalLoss
 from nnunetv2_diffusion.training.loss_guard import FiniteLossMixin
+from nnunetv2_diffusion.training.warm_start import install_for
 
 SEGMENTATION_LOSSES = ("dice_ce", "dice_focal")
 SELF_CONDITIONING_STRATEGIES = ("self_conditioning", "self_conditioning_next")
@@ -57,6 +60,7 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
     diffusion_strategy = "standard"  # recorded in the checkpoint; every strategy subclass names its own
     timestep_sampling = "uniform"  # 'uniform' or 'importance' (loss-aware p(t), unbiased weight 1 / (p(t) T))
     segmentation_loss = "dice_ce"  # 'dice_ce' (nnU-Net's Dice + CE) or 'dice_focal' (the paper's Dice + 20 x focal)
+    conditioning = "stage"  # where the timestep enters the U-Net: 'stage' or 'block' (networks/diffusion_unet.py)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
@@ -66,6 +70,7 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.diffusion = GaussianDiffusion.from_schedule(self.noise_schedule, self.num_diffusion_timesteps)
         self.timestep_sampler = make_timestep_sampler(self.timestep_sampling, num_timesteps=self.num_loss_timesteps)
+        install_for(self)  # nnUNetv2_train -pretrained_weights <stock checkpoint> warm-starts (training/warm_start.py)
 
     @classmethod
     def diffusion_config(cls) -> DiffusionConfig:
@@ -74,7 +79,7 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
             config = DiffusionConfig(num_timesteps=cls.num_diffusion_timesteps, schedule=cls.noise_schedule,
                                      sampler=cls.default_sampler, sampling_steps=cls.default_sampling_steps,
                                      eta=cls.default_eta, self_conditioning=cls.self_conditioning,
-                                     strategy=cls.diffusion_strategy)
+                                     strategy=cls.diffusion_strategy, conditioning=cls.conditioning)
             cls._check_training_options(config)
         except ValueError as e:
             raise ValueError(f"{cls.__name__}: invalid diffusion settings: {e}") from None
@@ -136,20 +141,19 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
         return self.timestep_sampler.sample(batch_size, self.device)
 
     def tau(self, t: torch.Tensor) -> torch.Tensor:
-        """Timestep t (B,) in [0, T-1] -> network time tau = (t + 1) / T in (0, 1]."""
-        return (t.float() + 1) / self.num_diffusion_timesteps
+        """Timestep t (B,) in [0, T-1] -> network time tau (B,) in (0, 1] (:func:`timestep_to_tau`)."""
+        return timestep_to_tau(t, self.num_diffusion_timesteps)
 
     def ground_truth_x0(self, target) -> torch.Tensor:
         """Full-resolution target (B, 1, *spatial) label ids -> x0 (B, C, *spatial) in {-1, 1}."""
-        labels = target[0] if isinstance(target, list) else target
-        return labels_to_x0(labels, self.label_manager.num_segmentation_heads)
+        return labels_to_x0(highest_resolution(target), self.label_manager.num_segmentation_heads)
 
     @torch.no_grad()
     def predict_x0_without_grad(self, data: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """First pass of the two-pass strategies: x0_hat = 2 softmax(net(I, x_t, t)) - 1 of the full-resolution
         output, (B, C, *patch) in [-1, 1], kept soft, no gradient (estimate channels, if any, zero)."""
         output = self.network(data, x_t, self.tau(t))
-        return x0_from_logits(output[0] if isinstance(output, list) else output)
+        return x0_from_logits(highest_resolution(output))
 
     def diffusion_forward(self, data: torch.Tensor, target) -> DiffusionStepOutput:
         """Standard diffusion: t ~ U{0..T-1}, x_t = q_sample(x0_gt, t, eps), one forward with gradient.
@@ -167,8 +171,8 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
         """The one loss every strategy shares: ``self.loss`` between the pass with gradient and the ground truth.
 
         Uniform timesteps: exactly the stock batch loss. Importance sampling: the same loss per sample, fed back to
-        the sampler and weighted by 1 / (p(t) T), so its expectation is the uniform-sampling loss (DESIGN §1; the
-        reference code's p(t) T weight would bias it).
+        the sampler and weighted by 1 / (p(t) T), so its expectation is the uniform-sampling loss (docs/design.md;
+        the reference code's p(t) T weight would bias it).
         """
         if self.timestep_sampling == "uniform":
             return self.loss(step.output, target)
@@ -181,7 +185,7 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
         def sample(x, i):
             return [level[i:i + 1] for level in x] if isinstance(x, (list, tuple)) else x[i:i + 1]
 
-        batch_size = (target[0] if isinstance(target, list) else target).shape[0]
+        batch_size = highest_resolution(target).shape[0]
         return torch.stack([self.loss(sample(output, i), sample(target, i)).float() for i in range(batch_size)])
 
     def _autocast(self):
@@ -192,7 +196,7 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
         """The batch's image and target(s) on the training device, after :func:`check_training_batch`."""
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
-        check_training_batch(data, target[0] if isinstance(target, list) else target,
+        check_training_batch(data, highest_resolution(target),
                              self.label_manager.num_segmentation_heads, batch.get("keys"),
                              self.preprocessed_dataset_folder)
         if isinstance(target, list):
@@ -234,14 +238,14 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
         """Pseudo-Dice of a one-step prediction from pure noise at t = T-1 (the hardest input; cheap).
         The true Dice comes from the final validation, which runs the full sampler."""
         data, target = self._batch_to_device(batch)
-        labels = target[0] if isinstance(target, list) else target
+        labels = highest_resolution(target)
         num_classes = self.label_manager.num_segmentation_heads
         noise = torch.randn((data.shape[0], num_classes, *data.shape[2:]), device=self.device)
         t_last = torch.full((data.shape[0],), self.num_diffusion_timesteps - 1, device=self.device)
         with self._autocast():
             output = self.network(data, noise, self.tau(t_last))
             loss = self.loss(output, target)
-        logits = output[0] if isinstance(output, list) else output
+        logits = highest_resolution(output)
         prediction = torch.zeros_like(logits, dtype=torch.float16).scatter_(1, logits.argmax(1, keepdim=True), 1)
         tp, fp, fn, _ = get_tp_fp_fn_tn(prediction, labels, axes=[0, *range(2, logits.ndim)])
         # drop the background class, as the stock trainer does

@@ -1,4 +1,4 @@
-"""The proposed xT-recycling training strategy (Fu et al., MELBA 2023; DESIGN §1)."""
+"""The proposed xT-recycling training strategy (Fu et al., MELBA 2023; docs/design.md)."""
 
 import torch
 

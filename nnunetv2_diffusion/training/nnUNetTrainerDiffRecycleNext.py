@@ -1,4 +1,4 @@
-"""The earlier "xt-recycling" training strategy (Fu et al. 2023, arXiv 2303.06040; DESIGN §1)."""
+"""The earlier "xt-recycling" training strategy (Fu et al. 2023, arXiv 2303.06040; docs/design.md)."""
 
 import torch
 

@@ -1,4 +1,4 @@
-"""Self-conditioning training strategies (Chen et al. 2022, "Analog Bits"; Watson et al. 2023; DESIGN §1)."""
+"""Self-conditioning training strategies (Chen et al. 2022, "Analog Bits"; Watson et al. 2023; docs/design.md)."""
 
 import torch
 

@@ -111,40 +111,6 @@ def test_q_sample_mean_and_variance_on_a_large_draw(diffusion):
     assert x_t.var().item() == pytest.approx(1 - abar, rel=0.02)
 
 
-def test_predict_x0_from_eps_inverts_predict_eps_from_x0(diffusion):
-    generator = torch.Generator().manual_seed(2)
-    x_t = torch.randn(5, 3, 4, 4, generator=generator, dtype=torch.float64)
-    x0 = torch.rand(5, 3, 4, 4, generator=generator, dtype=torch.float64) * 2 - 1
-    t = torch.arange(5)
-    eps = diffusion.predict_eps_from_x0(x_t, t, x0)
-    torch.testing.assert_close(diffusion.predict_x0_from_eps(x_t, t, eps), x0, rtol=0, atol=1e-9)
-    # and eps is the noise that q_sample would need to reach x_t from x0
-    torch.testing.assert_close(diffusion.q_sample(x0, t, eps), x_t, rtol=0, atol=1e-9)
-
-
-def test_posterior_mean_and_variance_match_ho_et_al_eq7(diffusion):
-    generator = torch.Generator().manual_seed(3)
-    x0 = torch.rand(5, 2, 3, generator=generator, dtype=torch.float64) * 2 - 1
-    x_t = torch.randn(5, 2, 3, generator=generator, dtype=torch.float64)
-    t = torch.tensor([0, 1, 2, 3, 4])
-    mean, variance, log_variance = diffusion.q_posterior_mean_variance(x0, x_t, t)
-    assert variance.shape == log_variance.shape == (5, 1, 1)
-
-    abar = np.cumprod(1.0 - np.linspace(1e-4, 0.02, 1001))[[0, 250, 500, 750, 1000]]
-    abar_prev = np.concatenate([[1.0], abar[:-1]])
-    beta = 1 - abar / abar_prev
-    for i in range(5):
-        coef_x0 = math.sqrt(abar_prev[i]) * beta[i] / (1 - abar[i])
-        coef_xt = math.sqrt(1 - beta[i]) * (1 - abar_prev[i]) / (1 - abar[i])
-        torch.testing.assert_close(mean[i], coef_x0 * x0[i] + coef_xt * x_t[i], rtol=0, atol=1e-10)
-        assert variance[i].item() == pytest.approx(beta[i] * (1 - abar_prev[i]) / (1 - abar[i]), rel=1e-9, abs=0)
-    # t = 0: abar_prev = 1, so the posterior is a point mass at x0; the log variance is clipped to t = 1's.
-    torch.testing.assert_close(mean[0], x0[0], rtol=0, atol=1e-12)
-    assert variance[0].item() == 0.0
-    assert log_variance[0].item() == pytest.approx(math.log(variance[1].item()), rel=1e-12)
-    torch.testing.assert_close(log_variance[1:], variance[1:].log())
-
-
 def test_q_sample_casts_coefficients_to_the_input_dtype(diffusion):
     x0 = torch.ones(2, 1, 3, dtype=torch.bfloat16)
     x_t = diffusion.q_sample(x0, torch.tensor([0, 4]), torch.zeros_like(x0))

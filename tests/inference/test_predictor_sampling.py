@@ -178,7 +178,7 @@ def test_ensemble_weight_1_is_the_stock_model_and_0_the_diffusion_model(nnunet_e
 def test_chunked_in_place_update_is_the_sampler_step():
     from nnunetv2_diffusion.diffusion.samplers import make_sampler
     from nnunetv2_diffusion.diffusion.schedules import make_alphas_cumprod
-    from nnunetv2_diffusion.inference.predictor import _ChunkedInPlaceUpdate
+    from nnunetv2_diffusion.inference.global_step import ChunkedInPlaceUpdate as _ChunkedInPlaceUpdate
 
     abar = make_alphas_cumprod("linear", 5)
     x0, x_t = torch.rand(1, 3, 6, 7) * 2 - 1, torch.randn(1, 3, 6, 7)
@@ -193,3 +193,48 @@ def test_chunked_in_place_update_is_the_sampler_step():
     assert torch.equal(one_chunk, whole)
     in_place = x_t.clone()
     assert _ChunkedInPlaceUpdate(ddpm, max_elements=9).step(x0, t, in_place) is in_place
+
+
+def test_mirroring_flips_the_noisy_mask_together_with_the_image(nnunet_env):
+    """With a network that is a per-voxel function of (image, x_t), every mirror gives the same answer, so mirroring on
+    and off agree exactly, unless a mirror flips the image but not x_t (or the reverse)."""
+    folder = write_model_folder(nnunet_env["nnUNet_results"], nnUNetTrainerDiffRecycle_10iters, dim=2)
+    data = torch.randn(1, 1, 40, 52, generator=torch.Generator().manual_seed(4))
+    results = []
+    for mirroring in (False, True):
+        predictor = _predictor(folder, use_mirroring=mirroring, steps=3)
+        network = predictor.diffusion_network
+
+        def per_voxel(image, x_t, tau, x0_previous=None):
+            return 3 * image * torch.tensor([1.0, -1.0, 0.5]).view(1, 3, 1, 1) + 2 * x_t.clamp(-1, 1)
+
+        network.forward = per_voxel
+        results.append(predictor.predict_case(data).probabilities)
+    assert (results[0] - 1 / 3).abs().max() > 0.1  # the function is far from uniform: the check has teeth
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=1e-5)
+
+
+def test_denoise_case_is_one_step_of_the_network_on_a_single_tile(nnunet_env):
+    folder = write_model_folder(nnunet_env["nnUNet_results"], nnUNetTrainerDiffRecycle_10iters, dim=2)
+    predictor = _predictor(folder)
+    data, x_t = torch.randn(1, 1, 32, 32), torch.randn(3, 1, 32, 32)
+    probabilities = predictor.denoise_case(data, x_t, 2)
+    net = predictor.diffusion_network
+    with torch.no_grad():
+        logits = net(data[:, 0][None], x_t[:, 0][None], net.tau(2, 1, "cpu"))
+    torch.testing.assert_close(probabilities[:, 0], torch.softmax(logits, 1)[0], rtol=0, atol=1e-5)
+
+
+def test_stock_predictor_on_a_diffusion_model_repeats_exactly(nnunet_env):
+    """Stock nnUNetv2_predict samples per tile through the network's image-only call: its noise comes from the
+    tile's content, not from the global random generator."""
+    folder = write_model_folder(nnunet_env["nnUNet_results"], nnUNetTrainerDiffRecycle_10iters, dim=2)
+    predictor = nnUNetPredictor(use_mirroring=True, device=CPU, allow_tqdm=False, perform_everything_on_device=False)
+    predictor.initialize_from_trained_model_folder(folder, (0,))
+    data = torch.randn(1, 1, 40, 52, generator=torch.Generator().manual_seed(2))
+    first = predictor.predict_logits_from_preprocessed_data(data)
+    torch.manual_seed(123)  # the global generator no longer matters
+    second = predictor.predict_logits_from_preprocessed_data(data)
+    assert torch.equal(first, second)
+    other = predictor.predict_logits_from_preprocessed_data(data.flip(-1))
+    assert not torch.equal(other.flip(-1), first)  # the noise does depend on the content

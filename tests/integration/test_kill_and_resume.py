@@ -9,7 +9,7 @@ import time
 import pytest
 from conftest import BIN, run_cli
 
-from nnunetv2_diffusion.training.checkpointing import load_checkpoint_file
+from nnunetv2_diffusion.checkpoint_io import load_checkpoint_file
 
 TRAINER = "nnUNetTrainerDiffRecycle_KillTest"
 EXT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ext_trainers")

@@ -102,3 +102,18 @@ def test_self_conditioning_adds_c_input_channels():
     image, x_t, tau = torch.randn(1, 1, 32, 32), torch.randn(1, 3, 32, 32), torch.tensor([0.6])
     with torch.no_grad():
         assert (net(image, x_t, tau) - net(image, x_t, tau, torch.ones_like(x_t))).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("conditioning", ["stage", "block"])
+def test_the_unet_sees_the_image_and_m_of_the_noisy_mask(conditioning):
+    """m(x) = (clip(x, -1, 1) + 1) / 2: values below -1 give 0, -1 gives 0, 0 gives 0.5, above 1 give 1."""
+    net = _network(deep_supervision=False, config=DiffusionConfig(conditioning=conditioning))
+    seen = []
+    net.unet.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0]))
+    image = torch.randn(1, 1, 32, 32)
+    x_t = torch.tensor([-3.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 7.0]).repeat(3 * 32 * 4).view(1, 3, 32, 32)
+    with torch.no_grad():
+        net(image, x_t, torch.tensor([0.4]))
+    expected = torch.tensor([0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]).repeat(3 * 32 * 4).view(1, 3, 32, 32)
+    torch.testing.assert_close(seen[0][:, :1], image, rtol=0, atol=0)
+    torch.testing.assert_close(seen[0][:, 1:], expected, rtol=0, atol=0)

@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from nnunetv2_diffusion.networks.wrappers import highest_resolution
+
 
 class SpyNetwork(nn.Module):
     """Wraps a DiffusionSegmentationUNet; records every call's inputs, grad mode and full-resolution output."""
@@ -18,7 +20,7 @@ class SpyNetwork(nn.Module):
 
     def forward(self, image, noisy_mask, tau, x0_previous=None):
         output = self.network(image, noisy_mask, tau, x0_previous)
-        full = output[0] if isinstance(output, list) else output
+        full = highest_resolution(output)
         self.calls.append({
             "image": image.detach().clone(), "noisy_mask": noisy_mask.detach().clone(), "tau": tau.detach().clone(),
             "x0_previous": None if x0_previous is None else x0_previous.detach().clone(),

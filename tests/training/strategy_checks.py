@@ -1,4 +1,4 @@
-"""One checker per training strategy: runs a recorded training step and asserts exactly what DESIGN §1 says that
+"""One checker per training strategy: runs a recorded training step and asserts exactly what docs/design.md says that
 strategy does. ``test_strategy_swaps.py`` proves each checker rejects every other strategy's step."""
 
 import torch
@@ -6,6 +6,7 @@ from nnunet_fixtures import random_batch
 from spies import SpyNetwork, spy_on_q_sample
 
 from nnunetv2_diffusion.diffusion.mask_encoding import labels_to_x0, network_mask_input, x0_from_logits
+from nnunetv2_diffusion.networks.wrappers import highest_resolution
 
 BATCH_SIZE = 8  # large enough that a self-conditioning batch mixes conditioned and dropped samples
 
@@ -23,7 +24,7 @@ def recorded_step(trainer, seed: int = 0, target=None) -> dict:
     torch.manual_seed(1000 + seed)
     trainer.train_step(batch)
     del trainer.diffusion.q_sample  # back to the class's method
-    labels = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
+    labels = highest_resolution(batch["target"])
     return {"calls": list(trainer.network.calls), "q_calls": q_calls, "batch": batch,
             "x0_gt": labels_to_x0(labels, trainer.label_manager.num_segmentation_heads)}
 

@@ -10,8 +10,8 @@ import torch
 from nnunet_fixtures import make_trainer, random_batch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunetv2_diffusion.checkpoint_io import CheckpointError, load_checkpoint_file
 from nnunetv2_diffusion.training import nnUNetTrainerDiffRecycle
-from nnunetv2_diffusion.training.checkpointing import CheckpointError, load_checkpoint_file
 from nnunetv2_diffusion.training.loss_guard import NonFiniteLossError
 
 

@@ -86,7 +86,7 @@ def test_a_checkpoint_rebuilds_its_own_scheduler_in_a_network_built_with_the_def
     assert default.make_sampler().timesteps.tolist() == list(range(9, -1, -1))
     # inference may take fewer steps than training had timesteps, never more
     assert default.make_sampler(steps=5).timesteps.tolist() == [9, 7, 5, 3, 1]
-    with pytest.raises(ValueError, match=r"num_inference_steps must be in \[1, 10\]"):
+    with pytest.raises(ValueError, match=r"steps=11 exceeds the 10 timesteps.*\[1, 10\]"):
         default.make_sampler(steps=11)
 
 

@@ -58,14 +58,9 @@ def test_no_first_pass_when_every_sample_is_dropped_and_full_estimates_when_none
 def test_inference_feeds_zero_channels_first_then_the_previous_steps_estimate():
     network = make_trainer(nnUNetTrainerDiffSelfCond, deep_supervision=False).network.eval()
     calls = []
-    real_denoise = network.denoise
-
-    def recording_denoise(image, noisy_mask, tau, x0_previous=None):
-        logits = real_denoise(image, noisy_mask, tau, x0_previous)
-        calls.append({"estimate_channels": network_mask_input(x0_previous), "logits": logits})
-        return logits
-
-    network.denoise = recording_denoise
+    # what the U-Net receives: image, m(x_t), then the estimate channels
+    network.unet.register_forward_pre_hook(lambda _, inputs: calls.append({"estimate_channels": inputs[0][:, 4:]}))
+    network.unet.register_forward_hook(lambda module, inputs, output: calls[-1].update(logits=output))
     network.sample(torch.randn(2, 1, 32, 32), generator=torch.Generator().manual_seed(0))
     assert len(calls) == network.config.sampling_steps
     assert torch.all(calls[0]["estimate_channels"] == 0)  # what training's dropped samples and first passes see

@@ -34,7 +34,7 @@ def test_ignore_label_is_refused():
     ("num_diffusion_timesteps", 1, "num_timesteps must be >= 2"),
     ("noise_schedule", "quadratic", "unknown schedule"),
     ("default_sampler", "euler", "unknown sampler"),
-    ("default_sampling_steps", 9, r"sampling_steps must be in \[1, 5\]"),
+    ("default_sampling_steps", 9, r"steps=9 exceeds the 5 timesteps.*\[1, 5\]"),
 ])
 def test_invalid_diffusion_settings_are_refused_with_the_trainer_name(attribute, value, message):
     bad_class = type("nnUNetTrainerDiffBadSettings", (nnUNetTrainerDiffRecycle,), {attribute: value})

@@ -1,5 +1,6 @@
 """Pins the semantics of each training strategy: every test fails if the step were replaced by another strategy."""
 
+import numpy as np
 import pytest
 import torch
 from nnunet_fixtures import make_trainer, random_batch
@@ -95,10 +96,15 @@ def test_train_step_updates_the_weights_and_returns_a_finite_loss(trainer_class)
 def test_validation_step_reports_foreground_counts_from_a_one_step_prediction():
     trainer = make_trainer(nnUNetTrainerDiffRecycle)
     trainer.network = SpyNetwork(trainer.network)
+    batch = random_batch(trainer)
     with torch.no_grad():
-        result = trainer.validation_step(random_batch(trainer))
+        result = trainer.validation_step(batch)
     (call,) = trainer.network.calls
     assert torch.all(call["tau"] == 1.0)
     assert result["tp_hard"].shape == (2,)  # foreground classes only
-    patch_voxels = 2 * 32 * 32
-    assert 0 <= (result["tp_hard"] + result["fn_hard"]).sum() <= patch_voxels
+    labels = batch["target"][0]
+    # tp + fn of a class is its reference voxel count, whatever was predicted; tp + fp the predicted count
+    np.testing.assert_array_equal(result["tp_hard"] + result["fn_hard"], [(labels == k).sum().item() for k in (1, 2)])
+    predicted = call["output"].argmax(1)
+    np.testing.assert_array_equal(result["tp_hard"] + result["fp_hard"],
+                                  [(predicted == k).sum().item() for k in (1, 2)])

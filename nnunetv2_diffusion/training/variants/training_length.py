@@ -14,6 +14,7 @@ from nnunetv2_diffusion.training.nnUNetTrainerDiffSelfCond import (
     nnUNetTrainerDiffSelfCond,
     nnUNetTrainerDiffSelfCondNext,
 )
+from nnunetv2_diffusion.training.variants.conditioning import nnUNetTrainerDiffRecycle_blockFiLM
 
 
 class _FixedBudgetMixin:
@@ -31,6 +32,18 @@ class _300IterationsMixin(_FixedBudgetMixin):
     """6 epochs x 50 training iterations, 10 pseudo-validation iterations per epoch."""
 
     budget = (6, 50, 10)
+
+
+class _1000IterationsMixin(_FixedBudgetMixin):
+    """20 epochs x 50 training iterations, 10 pseudo-validation iterations per epoch: the evidence study's budget."""
+
+    budget = (20, 50, 10)
+
+
+class _3000IterationsMixin(_FixedBudgetMixin):
+    """60 epochs x 50 training iterations: the larger budget of the evidence study's budget curve."""
+
+    budget = (60, 50, 10)
 
 
 class _10IterationsMixin(_FixedBudgetMixin):
@@ -60,6 +73,45 @@ class nnUNetTrainerDiffSelfCond_300iters(_300IterationsMixin, nnUNetTrainerDiffS
 
 
 class nnUNetTrainerDiffSelfCondNext_300iters(_300IterationsMixin, nnUNetTrainerDiffSelfCondNext):
+    pass
+
+
+class nnUNetTrainer_1000iters(_1000IterationsMixin, nnUNetTrainer):
+    pass
+
+
+class nnUNetTrainerDiffRecycle_1000iters(_1000IterationsMixin, nnUNetTrainerDiffRecycle):
+    pass
+
+
+class nnUNetTrainer_3000iters(_3000IterationsMixin, nnUNetTrainer):
+    pass
+
+
+class nnUNetTrainerDiffRecycle_blockFiLM_300iters(_300IterationsMixin, nnUNetTrainerDiffRecycle_blockFiLM):
+    pass
+
+
+class nnUNetTrainerDiffRecycle_blockFiLM_1000iters(_1000IterationsMixin, nnUNetTrainerDiffRecycle_blockFiLM):
+    pass
+
+
+class nnUNetTrainerDiffRecycle_blockFiLM_3000iters(_3000IterationsMixin, nnUNetTrainerDiffRecycle_blockFiLM):
+    pass
+
+
+class nnUNetTrainerDiffRecycle_blockFiLM_warm300iters(_300IterationsMixin, nnUNetTrainerDiffRecycle_blockFiLM):
+    """Fine-tuning a stock model (``-pretrained_weights <stock checkpoint_final.pth>``) with recycling for 300
+    iterations, from a tenth of nnU-Net's initial learning rate, so the start does not undo what the stock model
+    learned (a choice, not a measured optimum)."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.initial_lr = 1e-3
+
+
+class nnUNetTrainerDiffRecycle_blockFiLM_10iters(_10IterationsMixin, nnUNetTrainerDiffRecycle_blockFiLM):
     pass
 
 

@@ -1,0 +1,108 @@
+"""The ensemble weight is chosen on validation probabilities and then used by --ensemble_with."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from inference_fixtures import write_model_folder
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunetv2_diffusion.inference.ensemble_choice import (
+    CHOICE_FILE,
+    best_weight,
+    choose_ensemble_weight,
+    foreground_dice,
+    validation_dice_by_weight,
+)
+from nnunetv2_diffusion.inference.errors import DiffusionPredictorError
+from nnunetv2_diffusion.inference.predictor import nnUNetDiffusionPredictor
+from nnunetv2_diffusion.training import nnUNetTrainerDiffRecycle_10iters
+
+
+def test_foreground_dice_follows_nnunets_convention():
+    reference = np.array([[0, 1, 1, 2]])
+    np.testing.assert_allclose(foreground_dice(np.array([[0, 1, 0, 0]]), reference, [1, 2, 3]),
+                               [2 / 3, 0.0, np.nan])
+
+
+def _write_probabilities(folder, name, probabilities):
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name + ".npz")
+    np.savez(path, probabilities=probabilities.astype(np.float16))
+    return path
+
+
+def test_the_weight_is_where_the_two_models_complement_each_other(tmp_path):
+    # case a: the diffusion model is right (p 0.9), the stock model wrong (0.6 for the wrong class); case b the other
+    # way round: every w in (0.2, 0.8) gets both right, neither model alone does
+    reference_a, reference_b = np.array([1, 1, 0, 0]), np.array([0, 0, 1, 1])
+
+    def confident(reference, p_right):
+        right = np.stack([1 - reference, reference]).astype(float)
+        return p_right * right + (1 - p_right) * (1 - right)
+
+    diffusion = [_write_probabilities(tmp_path / "d", "a", confident(reference_a, 0.9)),
+                 _write_probabilities(tmp_path / "d", "b", confident(reference_b, 0.4))]
+    stock = [_write_probabilities(tmp_path / "s", "a", confident(reference_a, 0.4)),
+             _write_probabilities(tmp_path / "s", "b", confident(reference_b, 0.9))]
+    dice = validation_dice_by_weight(diffusion, stock, [reference_a, reference_b], [1])
+    assert dice[0.0] < 1 and dice[1.0] < 1
+    assert {w for w, d in dice.items() if d == 1.0} == {w for w in dice if 0.2 < w < 0.8}
+    assert best_weight(dice) == 0.5
+
+
+def test_ties_go_to_the_plain_average():
+    assert best_weight({0.0: 0.8, 0.4: 0.9, 0.6: 0.9, 0.5: 0.9, 1.0: 0.7}) == 0.5
+    assert best_weight({0.0: 0.8, 0.3: 0.9, 0.9: 0.9, 1.0: 0.7}) == 0.3
+
+
+def _validation_folder(model_folder, cases, rng, num_classes=3):
+    for case in cases:
+        probabilities = rng.dirichlet(np.ones(num_classes), size=(12, 12)).transpose(2, 0, 1)[:, None]
+        _write_probabilities(os.path.join(model_folder, "fold_0", "validation"), case, probabilities)
+
+
+def test_choose_and_predict_use_the_recorded_weight(nnunet_env, tmp_path):
+    results = nnunet_env["nnUNet_results"]
+    diffusion = write_model_folder(results, nnUNetTrainerDiffRecycle_10iters)
+    stock = write_model_folder(results, nnUNetTrainer)
+    rng = np.random.default_rng(0)
+    cases = ["case_0", "case_1"]
+    _validation_folder(diffusion, cases, rng)
+    _validation_folder(stock, cases, rng)
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    for case in cases:
+        sitk.WriteImage(sitk.GetImageFromArray(rng.integers(0, 3, (1, 12, 12)).astype(np.uint8)),
+                        str(gt / f"{case}.nii.gz"))
+    record = choose_ensemble_weight(diffusion, stock, [0], str(gt))
+    stored = json.load(open(os.path.join(diffusion, CHOICE_FILE)))[os.path.realpath(stock)]
+    assert stored == record and record["validation_cases"] == 2 and len(record["validation_dice_by_weight"]) == 21
+    by_weight = record["validation_dice_by_weight"]
+    assert by_weight[str(record["weight"])] == max(by_weight.values())
+
+    predictor = nnUNetDiffusionPredictor(device=torch.device("cpu"), allow_tqdm=False, use_mirroring=False)
+    predictor.initialize_from_trained_model_folder(diffusion, (0,))
+    predictor.initialize_ensemble_model(stock, (0,))
+    assert predictor.ensemble_weight == record["weight"]
+    assert predictor.settings()["ensemble_weight_source"] == "validation"
+    given = nnUNetDiffusionPredictor(device=torch.device("cpu"), allow_tqdm=False, ensemble_weight=0.25)
+    given.initialize_from_trained_model_folder(diffusion, (0,))
+    given.initialize_ensemble_model(stock, (0,))
+    assert given.ensemble_weight == 0.25
+
+
+def test_models_that_validated_different_cases_are_refused(nnunet_env, tmp_path):
+    results = nnunet_env["nnUNet_results"]
+    diffusion = write_model_folder(results, nnUNetTrainerDiffRecycle_10iters)
+    stock = write_model_folder(results, nnUNetTrainer)
+    rng = np.random.default_rng(0)
+    _validation_folder(diffusion, ["case_0"], rng)
+    _validation_folder(stock, ["case_1"], rng)
+    with pytest.raises(DiffusionPredictorError, match="validated different cases"):
+        choose_ensemble_weight(diffusion, stock, [0], str(tmp_path))
+    with pytest.raises(DiffusionPredictorError, match="no validation probabilities"):
+        choose_ensemble_weight(diffusion, os.path.join(results, "missing"), [0], str(tmp_path))

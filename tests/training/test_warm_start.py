@@ -1,0 +1,73 @@
+"""nnUNetv2_train -pretrained_weights <stock checkpoint>: the diffusion network starts as the stock network."""
+
+import os
+
+import pytest
+import torch
+from nnunet_fixtures import make_trainer
+from nnunetv2.run.run_training import maybe_load_checkpoint
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunetv2_diffusion.training import nnUNetTrainerDiffRecycle, nnUNetTrainerDiffRecycle_blockFiLM
+from nnunetv2_diffusion.training.warm_start import WarmStartError
+
+
+def _stock_checkpoint(tmp_path, **trainer_kwargs) -> tuple[str, torch.nn.Module]:
+    torch.manual_seed(5)
+    stock = make_trainer(nnUNetTrainer, deep_supervision=False, **trainer_kwargs)
+    stock.inference_allowed_mirroring_axes = (0, 1)
+    path = os.path.join(tmp_path, "stock_checkpoint_final.pth")
+    checkpoint = {"network_weights": stock.network.state_dict(), "init_args": stock.my_init_kwargs,
+                  "trainer_name": "nnUNetTrainer", "inference_allowed_mirroring_axes": (0, 1)}
+    torch.save(checkpoint, path)
+    return path, stock.network.eval()
+
+
+@pytest.mark.parametrize("trainer_class", [nnUNetTrainerDiffRecycle_blockFiLM, nnUNetTrainerDiffRecycle])
+def test_stock_commands_warm_start_load_the_stock_function(tmp_path, trainer_class):
+    path, stock = _stock_checkpoint(tmp_path)
+    trainer = make_trainer(trainer_class, deep_supervision=False)
+    maybe_load_checkpoint(trainer, continue_training=False, validation_only=False, pretrained_weights_file=path)
+    network = trainer.network.eval()
+    image = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        expected = stock(image)
+        for seed in range(3):
+            generator = torch.Generator().manual_seed(seed)
+            mask = 4 * torch.randn(2, 3, 32, 32, generator=generator)
+            tau = torch.rand(2, generator=generator).clamp_min(0.05)
+            torch.testing.assert_close(network(image, mask, tau), expected, rtol=0, atol=1e-5)
+
+
+def test_stock_networks_still_load_with_nnunets_own_function(tmp_path):
+    path, stock = _stock_checkpoint(tmp_path)
+    make_trainer(nnUNetTrainerDiffRecycle_blockFiLM, deep_supervision=False)  # installs the diffusion loader
+    other = make_trainer(nnUNetTrainer, deep_supervision=False)
+    maybe_load_checkpoint(other, False, False, path)  # nnU-Net's loader: all but the segmentation layers
+    for key, value in stock.state_dict().items():
+        if ".seg_layers." not in key:
+            assert torch.equal(other.network.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("stock_kwargs,message", [
+    ({"num_classes": 2}, "predicts 2 classes, this dataset has 3"),
+    ({"patch_size": (48, 48)}, r"patch size \[48, 48\], this training uses \[32, 32\]"),
+])
+def test_a_stock_model_of_other_classes_or_patch_size_is_refused(tmp_path, stock_kwargs, message):
+    path, _ = _stock_checkpoint(tmp_path, **stock_kwargs)
+    trainer = make_trainer(nnUNetTrainerDiffRecycle_blockFiLM, deep_supervision=False)
+    with pytest.raises(WarmStartError, match=message):
+        maybe_load_checkpoint(trainer, False, False, path)
+
+
+def test_a_stock_model_of_another_configuration_or_channels_is_refused(tmp_path):
+    path, _ = _stock_checkpoint(tmp_path, dim=3)
+    trainer = make_trainer(nnUNetTrainerDiffRecycle_blockFiLM, deep_supervision=False)
+    with pytest.raises(WarmStartError, match="configuration '3d_fullres', this training is '2d'"):
+        maybe_load_checkpoint(trainer, False, False, path)
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["init_args"]["configuration"] = "2d"
+    checkpoint["init_args"]["plans"]["configurations"]["2d"] = {"patch_size": [32, 32]}
+    torch.save(checkpoint, path)
+    with pytest.raises(WarmStartError, match=path):
+        maybe_load_checkpoint(trainer, False, False, path)
