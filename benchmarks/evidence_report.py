@@ -1,0 +1,131 @@
+"""Tables, paired tests, plots and docs/results/evidence.json for benchmarks/evidence_study.py.
+
+Per case, Dice and HD95 are averaged over labels, then over the replicates that have the method; paired Wilcoxon
+signed-rank tests compare two methods on the test cases both have. "recycling" is the recycling model with the best
+mean final-validation Dice (nnU-Net's summary.json, averaged over replicates): it is chosen on validation, never on
+the test cases, and "ensemble" is stock + that model at the validation-chosen weight.
+"""
+
+import json
+import os
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from scipy.stats import wilcoxon
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from benchmark_protocol import REPO, STEPS, model_folder, nnunet_env  # noqa: E402
+from evidence_study import DIFFUSION_METHODS, ITERATIONS, METHODS  # noqa: E402
+
+EVIDENCE = os.path.join(REPO, "docs", "results", "evidence.json")
+
+
+def per_case(frame: pd.DataFrame) -> pd.DataFrame:
+    """One Dice/HD95 per method, sampler, step and case: mean over labels, then over replicates."""
+    return (frame.groupby(["method", "sampler", "step", "case", "replicate"])[["Dice", "HD95"]].mean()
+            .groupby(["method", "sampler", "step", "case"]).mean().reset_index())
+
+
+def final_metric(cases: pd.DataFrame, method: str, sampler: str, metric: str = "Dice") -> pd.Series:
+    """Per-case values of the last sampling step (stock models have one step)."""
+    chosen = cases[(cases.method == method) & (cases.sampler == sampler) & (cases.step == STEPS)]
+    return chosen.set_index("case")[metric]
+
+
+def paired(a: pd.Series, b: pd.Series) -> dict:
+    """Wilcoxon signed-rank of per-case Dice, a vs b; positive mean_difference: a better."""
+    joined = pd.concat([a, b], axis=1, keys=["a", "b"]).dropna()
+    difference = joined["a"] - joined["b"]
+    p = float(wilcoxon(joined["a"], joined["b"]).pvalue) if (difference != 0).any() else 1.0
+    return {"mean_difference": float(difference.mean()), "p": p, "better": int((difference > 0).sum()),
+            "worse": int((difference < 0).sum()), "cases": int(len(joined))}
+
+
+def validation_dice(spec: dict, work: str, trainer: str, replicates: int) -> float | None:
+    """Mean foreground Dice of nnU-Net's final validation, averaged over the replicates that finished it."""
+    scores = []
+    for replicate in range(replicates):
+        summary = os.path.join(model_folder(nnunet_env(work, replicate), spec, trainer), "fold_0", "validation",
+                               "summary.json")
+        if os.path.isfile(summary):
+            scores.append(json.load(open(summary))["foreground_mean"]["Dice"])
+    return float(np.mean(scores)) if scores else None
+
+
+def _plot(cases: pd.DataFrame, key: str) -> list[str]:
+    paths = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in [m for m in DIFFUSION_METHODS if m in set(cases.method)]:
+        for sampler, style in (("ddpm", "-o"), ("ddim", "--s")):
+            curve = cases[(cases.method == method) & (cases.sampler == sampler)].groupby("step")["Dice"].mean()
+            if len(curve):
+                ax.plot(curve.index, curve.values, style, label=f"{method} {sampler}")
+    for method in ("stock", "stock_seed_ensemble"):
+        if method in set(cases.method):
+            ax.axhline(cases[cases.method == method]["Dice"].mean(), linestyle=":", color="k" if method == "stock"
+                       else "0.5", label=method)
+    ax.set_xlabel("sampling step")
+    ax.set_ylabel("mean test Dice")
+    ax.set_xticks(range(1, STEPS + 1))
+    ax.legend(fontsize=7)
+    ax.set_title(f"{key}: Dice over sampling steps")
+    fig.tight_layout()
+    paths.append(os.path.join(REPO, "docs", f"evidence_{key}_dice_vs_step.png"))
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    final = cases[cases.step == STEPS].groupby(["method", "sampler"])["Dice"].agg(["mean", "sem"]).reset_index()
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar(range(len(final)), final["mean"], yerr=final["sem"], capsize=3)
+    ax.set_xticks(range(len(final)), [f"{m}\n{s if s != '-' else ''}" for m, s in zip(final.method, final.sampler,
+                                                                                      strict=True)],
+                  rotation=45, ha="right", fontsize=7)
+    ax.set_ylim(max(0.0, final["mean"].min() - 0.1), 1.0)
+    ax.set_ylabel("mean test Dice (± s.e.m. over cases)")
+    fig.tight_layout()
+    paths.append(os.path.join(REPO, "docs", f"evidence_{key}_final_dice.png"))
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def write_evidence(spec: dict, work: str, replicates: int) -> dict:
+    key = spec["key"]
+    frame = pd.read_csv(os.path.join(REPO, "docs", "results", f"evidence_{key}_cases.csv"))
+    cases = per_case(frame)
+    present = set(cases.method)
+    validation = {m: validation_dice(spec, work, METHODS[m]["trainer"], replicates) for m in DIFFUSION_METHODS}
+    candidates = [m for m in DIFFUSION_METHODS if validation[m] is not None and m in present]
+    best = max(candidates, key=lambda m: validation[m]) if candidates else None
+    sources = {"stock": ("stock", "-"), "stock_seed_ensemble": ("stock_seed_ensemble", "-")}
+    for method in DIFFUSION_METHODS:
+        sources.update({f"{method}_{sampler}": (method, sampler) for sampler in ("ddpm", "ddim")})
+        sources[f"ensemble_{method}"] = (f"ensemble_{method}", "ddpm")
+    if best is not None:
+        sources["recycling"], sources["ensemble"] = (best, "ddpm"), (f"ensemble_{best}", "ddpm")
+    sources = {name: source for name, source in sources.items() if source[0] in present}
+    series = {name: final_metric(cases, *source) for name, source in sources.items()}
+    comparisons = [("recycling", "stock"), ("ensemble", "stock"), ("ensemble", "stock_seed_ensemble"),
+                   ("stock_seed_ensemble", "stock"), *[(f"{m}_ddpm", "stock") for m in DIFFUSION_METHODS],
+                   *[(f"ensemble_{m}", "stock_seed_ensemble") for m in DIFFUSION_METHODS],
+                   ("recycling_block_ddpm", "recycling_stage_ddpm"), ("recycling_warm_ddpm", "recycling_block_ddpm")]
+    result = {
+        "iterations": ITERATIONS.get(best, 1000) if best else 1000,
+        "replicates": int(frame.replicate.nunique()), "test_cases": int(cases.case.nunique()),
+        "recycling_model": best, "validation_dice": validation,
+        "dice": {name: float(values.mean()) for name, values in series.items()},
+        "hd95": {name: float(final_metric(cases, *source, metric="HD95").mean()) for name, source in sources.items()},
+        "paired": {f"{a} vs {b}": paired(series[a], series[b]) for a, b in comparisons
+                   if a in series and b in series},
+        "per_step_dice": {f"{m}_{s}": cases[(cases.method == m) & (cases.sampler == s)].groupby("step")["Dice"]
+                          .mean().round(4).to_dict() for m in DIFFUSION_METHODS for s in ("ddpm", "ddim")
+                          if m in present},
+        "plots": [os.path.relpath(p, REPO) for p in _plot(cases, key)],
+    }
+    evidence = json.load(open(EVIDENCE)) if os.path.isfile(EVIDENCE) else {}
+    evidence[key] = result
+    with open(EVIDENCE, "w") as f:
+        json.dump(evidence, f, indent=1)
+    print(json.dumps({k: result[k] for k in ("recycling_model", "dice", "paired")}, indent=1))
+    return result

@@ -1,0 +1,263 @@
+"""What the diffusion part adds: stock nnU-Net, a stock seed-ensemble, recycling with either timestep conditioning,
+warm-started recycling and the validation-weighted ensembles, at >= 1000 iterations, with replicates.
+
+Resumable and in stages: every finished training (nnU-Net's ``--c`` continues an interrupted one), prediction and
+evaluation is kept under --work and skipped when run again, so the study can be stopped and continued at any point.
+
+    .venv/bin/python benchmarks/evidence_study.py --dataset hc18 --replicates 2
+    .venv/bin/python benchmarks/evidence_study.py --dataset hippocampus --replicates 3 --stage train
+    .venv/bin/python benchmarks/evidence_study.py --dataset hippocampus --stage budget_curve
+
+Protocol: the dataset's plans, fixed split and test cases of benchmarks/paper_claims.py; every model trained with
+``--npz`` so its final validation keeps probabilities, from which the ensemble weight is chosen
+(``nnUNetv2_diffusion_choose_ensemble``) before any test case is predicted. No test-time mirroring (CPU budget);
+diffusion models sampled with DDPM and DDIM (eta 0), 5 steps, every step evaluated; Dice from nnU-Net's evaluator and
+HD95 per case; paired Wilcoxon tests over test cases (per-case values averaged over replicates).
+Outputs: docs/results/evidence_<dataset>_cases.csv, docs/results/evidence.json, docs/evidence_<dataset>_*.png.
+"""
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchmark_protocol import (  # noqa: E402
+    DATASETS,
+    REPO,
+    SAMPLERS,
+    STEPS,
+    is_trained,
+    log,
+    model_folder,
+    nnunet_env,
+    prediction_folder,
+    prepare,
+    run,
+    test_cases,
+)
+from segmentation_metrics import evaluate_case  # noqa: E402
+
+from nnunetv2_diffusion.inference.ensemble_choice import read_ensemble_choice  # noqa: E402
+
+METHODS = {  # name: trainer (full class name), and the method whose final checkpoint it starts from
+    "stock": {"trainer": "nnUNetTrainer_1000iters"},
+    "recycling_stage": {"trainer": "nnUNetTrainerDiffRecycle_1000iters"},
+    "recycling_block": {"trainer": "nnUNetTrainerDiffRecycle_blockFiLM_1000iters"},
+    "recycling_warm": {"trainer": "nnUNetTrainerDiffRecycle_blockFiLM_warm300iters", "pretrained": "stock"},
+}
+DIFFUSION_METHODS = [m for m in METHODS if m != "stock"]
+ITERATIONS = {"stock": 1000, "recycling_stage": 1000, "recycling_block": 1000, "recycling_warm": 1000 + 300}
+BUDGET_CURVE = {300: ("nnUNetTrainer_300iters", "nnUNetTrainerDiffRecycle_blockFiLM_300iters"),
+                1000: ("nnUNetTrainer_1000iters", "nnUNetTrainerDiffRecycle_blockFiLM_1000iters"),
+                3000: ("nnUNetTrainer_3000iters", "nnUNetTrainerDiffRecycle_blockFiLM_3000iters")}
+
+
+def training_order(replicates: int) -> list[tuple[str, int]]:
+    """(method, replicate) in the order that answers the most questions if the study is cut short: the first
+    replicate's stock and best-guess recycling, then the second stock (the seed-ensemble control), then the rest."""
+    order = [("stock", 0), ("recycling_block", 0)]
+    if replicates > 1:
+        order.append(("stock", 1))
+    order += [("recycling_stage", 0), ("recycling_warm", 0)]
+    for replicate in range(1, replicates):
+        order += [(m, replicate) for m in ("recycling_block", "recycling_stage", "recycling_warm")]
+        if replicate + 1 < replicates:
+            order.append(("stock", replicate + 1))
+    return order
+
+
+def _timed(marker: str, function, *arguments) -> None:
+    """Runs ``function(*arguments)`` unless ``marker`` (a JSON file with its wall time) exists, then writes it."""
+    if os.path.isfile(marker):
+        return
+    start = time.time()
+    function(*arguments)
+    os.makedirs(os.path.dirname(marker), exist_ok=True)
+    json.dump({"seconds": time.time() - start}, open(marker, "w"))
+
+
+def train_model(spec: dict, work: str, trainer: str, replicate: int, device: str, pretrained: str | None = None):
+    """One nnUNetv2_train run (fold 0, validation probabilities kept); continues an interrupted run with --c."""
+    env = {**nnunet_env(work, replicate), "nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0")}
+    folder = model_folder(env, spec, trainer)
+    if is_trained(env, spec, trainer):
+        return
+    command = ["nnUNetv2_train", str(spec["id"]), spec["configuration"], "0", "-tr", trainer, "-device", device,
+               "--npz"]
+    if os.path.isfile(os.path.join(folder, "fold_0", "checkpoint_latest.pth")):
+        command.append("--c")
+    elif pretrained is not None:
+        command += ["-pretrained_weights", pretrained]
+    start = time.time()
+    run(command, env)
+    json.dump({"seconds": time.time() - start, "continued": "--c" in command},
+              open(os.path.join(folder, "fold_0", "study_training_time.json"), "w"))
+
+
+def train(spec: dict, work: str, replicates: int, device: str) -> None:
+    for method, replicate in training_order(replicates):
+        pretrained = None
+        if "pretrained" in METHODS[method]:
+            env = nnunet_env(work, replicate)
+            source = METHODS[method]["pretrained"]
+            if not is_trained(env, spec, METHODS[source]["trainer"]):
+                log(f"skipping {method} replicate {replicate}: {source} not trained yet")
+                continue
+            pretrained = os.path.join(model_folder(env, spec, METHODS[source]["trainer"]), "fold_0",
+                                      "checkpoint_final.pth")
+        train_model(spec, work, METHODS[method]["trainer"], replicate, device, pretrained)
+
+
+def choose_ensembles(spec: dict, work: str, replicates: int) -> None:
+    """The ensemble weight of each recycling model with its replicate's stock model, from validation only."""
+    for replicate in range(replicates):
+        env = nnunet_env(work, replicate)
+        stock = model_folder(env, spec, METHODS["stock"]["trainer"])
+        for method in DIFFUSION_METHODS:
+            folder = model_folder(env, spec, METHODS[method]["trainer"])
+            if not (is_trained(env, spec, METHODS[method]["trainer"]) and is_trained(env, spec,
+                                                                                     METHODS["stock"]["trainer"])):
+                continue
+            if read_ensemble_choice(folder, stock) is None:
+                run(["nnUNetv2_diffusion_choose_ensemble", "-m", folder, "--ensemble_with", stock, "-f", "0"], env)
+
+
+def predict(spec: dict, work: str, replicates: int, device: str) -> None:
+    common = ["-d", str(spec["id"]), "-c", spec["configuration"], "-f", "0", "-device", device, "--disable_tta",
+              "-npp", "1", "-nps", "1"]
+    for replicate in range(replicates):
+        env = {**nnunet_env(work, replicate), "nnUNet_n_proc_DA": "0"}
+        images = os.path.join(env["nnUNet_raw"], spec["name"], "imagesTs")
+        stock_trainer = METHODS["stock"]["trainer"]
+        jobs = []
+        if is_trained(env, spec, stock_trainer):
+            jobs.append(("stock", None, ["nnUNetv2_predict", "-tr", stock_trainer, "--save_probabilities"]))
+        for method in DIFFUSION_METHODS:
+            trainer = METHODS[method]["trainer"]
+            if not is_trained(env, spec, trainer):
+                continue
+            for sampler in SAMPLERS:
+                jobs.append((method, sampler, ["nnUNetv2_predict_diffusion", "-tr", trainer, "--sampler", sampler,
+                                               "--steps", str(STEPS), "--save_steps", "--seed", "0"]))
+            if read_ensemble_choice(model_folder(env, spec, trainer), model_folder(env, spec, stock_trainer)):
+                # no --ensemble_weight: the predictor takes the weight chosen on validation from the model folder
+                jobs.append((f"ensemble_{method}", "ddpm", [
+                    "nnUNetv2_predict_diffusion", "-tr", trainer, "--sampler", "ddpm", "--steps", str(STEPS),
+                    "--seed", "0", "--ensemble_with", model_folder(env, spec, stock_trainer)]))
+        for method, sampler, command in jobs:
+            out = prediction_folder(work, replicate, method, sampler)
+            _timed(os.path.join(out, "finished.json"), run, [*command, *common, "-i", images, "-o", out], env)
+        partner = (replicate + 1) % replicates
+        first, second = prediction_folder(work, replicate, "stock", None), prediction_folder(work, partner, "stock",
+                                                                                             None)
+        if replicates > 1 and all(os.path.isfile(os.path.join(f, "finished.json")) for f in (first, second)):
+            out = prediction_folder(work, replicate, "stock_seed_ensemble", None)
+            _timed(os.path.join(out, "finished.json"), _seed_ensemble, env, first, second, out)
+
+
+def _seed_ensemble(env: dict, first: str, second: str, out: str) -> None:
+    """Two stock replicates' softmax averaged by stock ``nnUNetv2_ensemble`` (same test cases, same weights)."""
+    os.makedirs(out, exist_ok=True)
+    run(["nnUNetv2_ensemble", "-i", first, second, "-o", out, "-np", "1"], env)
+    for name in os.listdir(out):  # the per-case exports only; nnUNetv2_ensemble copies its json files too
+        if name.endswith(".npz"):
+            os.remove(os.path.join(out, name))
+
+
+def evaluate(spec: dict, work: str, replicates: int) -> str:
+    """One CSV row per replicate, method, sampler, step, case and label; cached per prediction folder."""
+    references, ending, reader, labels = test_cases(spec, work)
+    rows = []
+    for replicate in range(replicates):
+        root = os.path.join(work, "predictions", f"replicate_{replicate}")
+        for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+            folder = os.path.join(root, name)
+            cache = os.path.join(folder, "metrics.json")
+            if not os.path.isfile(os.path.join(folder, "finished.json")):
+                continue
+            if not os.path.isfile(cache):
+                method, sampler = (name.rsplit("_", 1) if name.endswith(SAMPLERS) else (name, "-"))
+                folder_rows = []
+                for reference in references:
+                    case = os.path.basename(reference)[: -len(ending)]
+                    steps = {STEPS: os.path.join(folder, case + ending)}
+                    steps.update({k: os.path.join(folder, "steps", f"{case}_step{k}{ending}") for k in range(1, STEPS)
+                                  if os.path.isfile(os.path.join(folder, "steps", f"{case}_step{k}{ending}"))})
+                    for step, prediction in sorted(steps.items()):
+                        for label, metrics in evaluate_case(reference, prediction, reader, labels).items():
+                            folder_rows.append({"replicate": replicate, "method": method, "sampler": sampler,
+                                                "step": step, "case": case, "label": label, **metrics})
+                json.dump(folder_rows, open(cache, "w"))
+            rows += json.load(open(cache))
+    path = os.path.join(REPO, "docs", "results", f"evidence_{spec['key']}_cases.csv")
+    if rows:
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        log(f"wrote {len(rows)} rows to {path}")
+    return path
+
+
+def budget_curve(spec: dict, work: str, device: str) -> None:
+    """Stock vs block-conditioned recycling at 300, 1000 and 3000 iterations, one replicate, in its own results."""
+    curve_work = os.path.join(work, "budget_curve")
+    for source in ("nnUNet_raw", "nnUNet_preprocessed"):  # share the converted and preprocessed data
+        target = os.path.join(curve_work, source)
+        if not os.path.exists(target):
+            os.makedirs(curve_work, exist_ok=True)
+            os.symlink(os.path.join(work, source), target)
+    for trainers in BUDGET_CURVE.values():
+        for trainer in trainers:
+            train_model(spec, curve_work, trainer, 0, device)
+    env = {**nnunet_env(curve_work, 0), "nnUNet_n_proc_DA": "0"}
+    images = os.path.join(env["nnUNet_raw"], spec["name"], "imagesTs")
+    common = ["-d", str(spec["id"]), "-c", spec["configuration"], "-f", "0", "-device", device, "--disable_tta",
+              "-npp", "1", "-nps", "1", "-i", images]
+    for iterations, (stock, recycling) in BUDGET_CURVE.items():
+        for method, command in ((f"stock_{iterations}", ["nnUNetv2_predict", "-tr", stock]),
+                                (f"recycling_{iterations}", ["nnUNetv2_predict_diffusion", "-tr", recycling,
+                                                             "--sampler", "ddpm", "--steps", str(STEPS)])):
+            out = prediction_folder(curve_work, 0, method, None)
+            _timed(os.path.join(out, "finished.json"), run, [*command, *common, "-o", out], env)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", choices=("hc18", "hippocampus"), default="hc18")
+    parser.add_argument("--work", default=os.path.join(REPO, "benchmark_data", "evidence"),
+                        help="nnU-Net folders and predictions (kept between runs)")
+    parser.add_argument("--stage", choices=("all", "prepare", "train", "choose", "predict", "evaluate", "report",
+                                            "budget_curve"), default="all")
+    parser.add_argument("--replicates", type=int, default=None, help="default: 2 for hc18, 3 for hippocampus")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    spec = {**DATASETS[args.dataset], "key": args.dataset}
+    replicates = args.replicates or (2 if args.dataset == "hc18" else 3)
+    work = os.path.join(os.path.abspath(args.work), args.dataset)
+    stages = (("prepare", "train", "choose", "predict", "evaluate", "report") if args.stage == "all"
+              else (args.stage,))
+    started = time.time()
+    if "prepare" in stages:
+        prepare(spec, work)
+    if "train" in stages:
+        train(spec, work, replicates, args.device)
+    if "choose" in stages:
+        choose_ensembles(spec, work, replicates)
+    if "predict" in stages:
+        predict(spec, work, replicates, args.device)
+    if "evaluate" in stages:
+        evaluate(spec, work, replicates)
+    if "report" in stages:
+        from evidence_report import write_evidence
+        write_evidence(spec, work, replicates)
+    if "budget_curve" in stages:
+        budget_curve(spec, work, args.device)
+    log(f"done in {time.time() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
