@@ -238,6 +238,88 @@ def read_pixel_csv(source_folder: str) -> dict[str, tuple[float, float]] | None:
     return table
 
 
+def _images_by_subject(image_dir: str) -> dict[str, list[str]]:
+    """{subject: its image names} for the PNGs in ``image_dir``.
+
+    Raises FileNotFoundError when there are none, DatasetConversionError for a name that is not NNN_<k>HC.png.
+    """
+    images = visible_files(image_dir, ".png")
+    if not images:
+        raise FileNotFoundError(f"no images in {image_dir}")
+    by_subject: dict[str, list[str]] = {}
+    for name in images:
+        by_subject.setdefault(subject_of(name), []).append(name)
+    return by_subject
+
+
+def _convert_case(writer: RawDatasetWriter, image_path: str, annotation_path: str, case: str, test: bool,
+                  downsample: int) -> tuple[str, dict, bool, tuple[int, int], tuple[int, int]]:
+    """Read, check, fill, downsample and write one image/annotation pair (to imagesTs/labelsTs when ``test``).
+
+    Returns (fix, measures, touches_border, (H, W) as read, (H, W) as written), fix and measures as from
+    ``fill_outline``; raises DatasetConversionError for a pair that fails a check.
+    """
+    image = _read_uint8_png(image_path, case, "image")
+    outline = read_outline(annotation_path, case)
+    if image.shape != outline.shape:
+        raise DatasetConversionError(case, f"image shape {image.shape} != annotation shape {outline.shape} (H, W)")
+    check_image_intensities(image, case, "image")
+    touches_border = bool(outline[0].any() or outline[-1].any() or outline[:, 0].any() or outline[:, -1].any())
+    mask, fix, measures = fill_outline(outline, case)
+    small, small_mask = downsample_case(image, mask, downsample)
+    # the full-resolution mask is one region, but nearest-neighbour downsampling can split it or lose it
+    _, n_components = ndimage.label(small_mask)
+    if n_components != 1:
+        raise DatasetConversionError(case, f"downsampled mask has {n_components} components")
+    sitk.WriteImage(sitk.GetImageFromArray(small), writer.image_path(case, 0, test))
+    sitk.WriteImage(sitk.GetImageFromArray(small_mask), writer.label_path(case, test))
+    return fix, measures, touches_border, image.shape, small.shape
+
+
+def _conversion_report(writer: RawDatasetWriter, source_folder: str, downsample: int, subjects: dict[str, list[str]],
+                       fixes: dict[str, str], border: list[str], worst: dict[str, float], shapes: Counter,
+                       hc_errors: list[float]) -> dict:
+    """The content of conversion_report.json.
+
+    ``subjects`` maps "train", "test", "fold0_train" and "fold0_val" to sorted subject ids, ``fixes`` each case to
+    its fix, ``worst`` each plausibility measure to its smallest value; ``hc_errors`` holds the relative errors of
+    the fitted-ellipse perimeters against the reference head circumferences (empty without the CSV).
+    """
+    fix_counts = Counter(fixes.values())
+    return {
+        "dataset": writer.name,
+        "source": os.path.abspath(source_folder),
+        "downsample": downsample,
+        "num_images": {"imagesTr": len(writer.training_cases), "imagesTs": len(writer.test_cases)},
+        "num_subjects": {k: len(v) for k, v in subjects.items()},
+        "subject_ranges": {k: [subjects[k][0], subjects[k][-1]] if subjects[k] else []
+                           for k in ("train", "test", "fold0_val")},
+        "mask_fix_counts": {k: fix_counts.get(k, 0) for k in ("filled", "closed_then_filled", "ellipse_fit")},
+        "cases_needing_a_fix": {c: f for c, f in sorted(fixes.items()) if f != "filled"},
+        "outlines_touching_border": border,
+        "smallest": {k: round(v, 4) for k, v in worst.items()},
+        "output_shapes_HxW": dict(shapes),
+        "head_circumference_check": (
+            {"n": len(hc_errors), "median_relative_error": round(float(np.median(hc_errors)), 5),
+             "max_relative_error": round(float(np.max(hc_errors)), 5)} if hc_errors else None),
+    }
+
+
+def _write_metadata(writer: RawDatasetWriter, downsample: int, rows: list[list[str]]) -> None:
+    """Write dataset.json and, when there are ``rows`` (one per case), pixel_size_and_hc.csv next to it."""
+    writer.write_dataset_json(
+        {"0": "ultrasound"}, {"background": 0, "fetal head": 1}, citation=CITATION,
+        reference="https://hc18.grand-challenge.org/", release="https://zenodo.org/record/1327317",
+        license="CC BY 4.0",
+        description=f"HC18 training images with filled skull outlines, downsampled by {downsample}; "
+                    f"split by subject (see conversion_report.json)")
+    if rows:
+        with open(writer.extra_file("pixel_size_and_hc.csv"), "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["case", "split", "pixel_size_x_mm", "pixel_size_y_mm", "head_circumference_mm"])
+            out.writerows(rows)
+
+
 def convert_hc18(source_folder: str, dataset_id: int = DATASET_ID, overwrite: bool = False, downsample: int = 4,
                  *, raw_root: str | None = None, preprocessed_root: str | None = None) -> str:
     """Convert the HC18 training layout in ``source_folder`` (see module docstring); returns the dataset folder."""
@@ -245,12 +327,7 @@ def convert_hc18(source_folder: str, dataset_id: int = DATASET_ID, overwrite: bo
         raise ValueError(f"downsample factor must be >= 1, got {downsample}")
     image_dir = require_dir(os.path.join(source_folder, "image"), "HC18 image folder")
     annotation_dir = require_dir(os.path.join(source_folder, "annotation"), "HC18 annotation folder")
-    images = visible_files(image_dir, ".png")
-    if not images:
-        raise FileNotFoundError(f"no images in {image_dir}")
-    by_subject: dict[str, list[str]] = {}
-    for name in images:
-        by_subject.setdefault(subject_of(name), []).append(name)
+    by_subject = _images_by_subject(image_dir)
     subjects = sorted(by_subject, key=int)
     train_subjects, test_subjects = split_off_tail(subjects, TEST_FRACTION)
     fit_subjects, val_subjects = split_off_tail(train_subjects, VAL_FRACTION)
@@ -265,25 +342,15 @@ def convert_hc18(source_folder: str, dataset_id: int = DATASET_ID, overwrite: bo
             test = subject in test_subjects
             for name in by_subject[subject]:
                 case = name[:-len(".png")]
-                image = _read_uint8_png(os.path.join(image_dir, name), case, "image")
-                outline = read_outline(os.path.join(annotation_dir, f"{case}_Annotation.png"), case)
-                if image.shape != outline.shape:
-                    raise DatasetConversionError(case, f"image shape {image.shape} != annotation shape "
-                                                       f"{outline.shape} (H, W)")
-                check_image_intensities(image, case, "image")
-                if outline[0].any() or outline[-1].any() or outline[:, 0].any() or outline[:, -1].any():
-                    border.append(case)
-                mask, fix, measures = fill_outline(outline, case)
+                fix, measures, touches_border, full_shape, shape = _convert_case(
+                    writer, os.path.join(image_dir, name), os.path.join(annotation_dir, f"{case}_Annotation.png"),
+                    case, test, downsample)
                 fixes[case] = fix
+                if touches_border:
+                    border.append(case)
                 for k in worst:
                     worst[k] = min(worst[k], measures[k])
-                small, small_mask = downsample_case(image, mask, downsample)
-                _, n_components = ndimage.label(small_mask)
-                if n_components != 1:
-                    raise DatasetConversionError(case, f"downsampled mask has {n_components} components")
-                shapes[f"{small.shape[0]}x{small.shape[1]}"] += 1
-                sitk.WriteImage(sitk.GetImageFromArray(small), writer.image_path(case, 0, test))
-                sitk.WriteImage(sitk.GetImageFromArray(small_mask), writer.label_path(case, test))
+                shapes[f"{shape[0]}x{shape[1]}"] += 1
 
                 if pixel_table is not None:
                     if name not in pixel_table:
@@ -293,43 +360,16 @@ def convert_hc18(source_folder: str, dataset_id: int = DATASET_ID, overwrite: bo
                     if fit is not None:
                         hc_errors.append(abs(ellipse_perimeter(fit[2], fit[3]) * pixel_mm - hc_mm) / hc_mm)
                     rows.append([case, "test" if test else ("val" if subject in val_subjects else "train"),
-                                 f"{pixel_mm * image.shape[1] / small.shape[1]:.9g}",
-                                 f"{pixel_mm * image.shape[0] / small.shape[0]:.9g}", f"{hc_mm:g}"])
+                                 f"{pixel_mm * full_shape[1] / shape[1]:.9g}",
+                                 f"{pixel_mm * full_shape[0] / shape[0]:.9g}", f"{hc_mm:g}"])
 
-        writer.write_dataset_json(
-            {"0": "ultrasound"}, {"background": 0, "fetal head": 1}, citation=CITATION,
-            reference="https://hc18.grand-challenge.org/", release="https://zenodo.org/record/1327317",
-            license="CC BY 4.0",
-            description=f"HC18 training images with filled skull outlines, downsampled by {downsample}; "
-                        f"split by subject (see conversion_report.json)")
-        if rows:
-            with open(writer.extra_file("pixel_size_and_hc.csv"), "w", newline="") as f:
-                out = csv.writer(f)
-                out.writerow(["case", "split", "pixel_size_x_mm", "pixel_size_y_mm", "head_circumference_mm"])
-                out.writerows(rows)
+        _write_metadata(writer, downsample, rows)
         cases_of = {s: [n[:-len(".png")] for n in by_subject[s]] for s in subjects}
         splits = [{"train": sorted(c for s in fit_subjects for c in cases_of[s]),
                    "val": sorted(c for s in val_subjects for c in cases_of[s])}]
-        fix_counts = Counter(fixes.values())
-        report = {
-            "dataset": writer.name,
-            "source": os.path.abspath(source_folder),
-            "downsample": downsample,
-            "num_images": {"imagesTr": len(writer.training_cases), "imagesTs": len(writer.test_cases)},
-            "num_subjects": {"train": len(train_subjects), "test": len(test_subjects),
-                             "fold0_train": len(fit_subjects), "fold0_val": len(val_subjects)},
-            "subject_ranges": {"train": [train_subjects[0], train_subjects[-1]] if train_subjects else [],
-                               "test": [test_subjects[0], test_subjects[-1]] if test_subjects else [],
-                               "fold0_val": [val_subjects[0], val_subjects[-1]] if val_subjects else []},
-            "mask_fix_counts": {k: fix_counts.get(k, 0) for k in ("filled", "closed_then_filled", "ellipse_fit")},
-            "cases_needing_a_fix": {c: f for c, f in sorted(fixes.items()) if f != "filled"},
-            "outlines_touching_border": border,
-            "smallest": {k: round(v, 4) for k, v in worst.items()},
-            "output_shapes_HxW": dict(shapes),
-            "head_circumference_check": (
-                {"n": len(hc_errors), "median_relative_error": round(float(np.median(hc_errors)), 5),
-                 "max_relative_error": round(float(np.max(hc_errors)), 5)} if hc_errors else None),
-        }
+        report = _conversion_report(writer, source_folder, downsample,
+                                    {"train": train_subjects, "test": test_subjects, "fold0_train": fit_subjects,
+                                     "fold0_val": val_subjects}, fixes, border, worst, shapes, hc_errors)
         writer.write_json(REPORT_FILE, report)
         folder = writer.finish(splits if fit_subjects and val_subjects else None)
     _print_report(report, folder)
