@@ -42,3 +42,10 @@ def log_probabilities(probabilities: torch.Tensor) -> torch.Tensor:
     """Class probabilities (any shape) -> float32 log-probabilities, floored at :data:`PROBABILITY_FLOOR`; nnU-Net's
     export takes them as its "logits" because softmax(log p) = p."""
     return torch.log(probabilities.float().clamp_min(PROBABILITY_FLOOR))
+
+
+def entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    """Per-voxel entropy -sum_c p log p (nats) of class probabilities (C, *spatial) -> (*spatial) float32, with
+    0 log 0 = 0; in [0, log C]."""
+    p = probabilities.float()
+    return -(p * torch.log(p.clamp_min(PROBABILITY_FLOOR))).sum(0)

@@ -17,10 +17,8 @@ from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 from nnunetv2.imageio.nibabel_reader_writer import NibabelIO, NibabelIOWithReorient
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 from nnunetv2.inference.export_prediction import (
-    convert_predicted_logits_to_segmentation_with_correct_shape,
     export_prediction_from_logits,
 )
-from scipy.special import entr
 
 PARTIAL_FOLDER = ".partial"
 
@@ -126,24 +124,3 @@ def write_float_image(array: np.ndarray, output_file_truncated: str, file_ending
         raise
     _move_into_place(temporary, output_file_truncated, [ending])
     return output_file_truncated + ending
-
-
-def entropy_of_probabilities(probabilities: np.ndarray) -> np.ndarray:
-    """probabilities: (C, *spatial) summing to 1 over C -> per-voxel entropy -sum_c p log p in nats, float32 in
-    [0, log C] (0 log 0 = 0)."""
-    return entr(np.asarray(probabilities, dtype=np.float64)).sum(0).astype(np.float32)
-
-
-def export_uncertainty_map(log_probabilities: np.ndarray, properties: dict, configuration_manager, plans_manager,
-                           dataset_json: dict, output_file_truncated: str) -> str:
-    """Entropy of the predicted probabilities in the input image's geometry.
-
-    The probabilities go through the same resampling, un-cropping and transposition as nnU-Net's probability
-    export (voxels outside the cropped region are background with certainty, entropy 0), then
-    :func:`entropy_of_probabilities` is written with :func:`write_float_image`.
-    """
-    label_manager = plans_manager.get_label_manager(dataset_json)
-    _, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
-        log_probabilities, plans_manager, configuration_manager, label_manager, properties, return_probabilities=True)
-    return write_float_image(entropy_of_probabilities(probabilities), output_file_truncated,
-                             dataset_json["file_ending"], properties, plans_manager.image_reader_writer_class())

@@ -90,9 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"Seed of the sampling noise; each case's noise also depends on its content, so results "
                             f"do not depend on case order. Default: {DEFAULT_SEED}")
     group.add_argument("--num_samples", type=int, default=1,
-                       help="Average K independent samples per case; with K > 1 also writes the per-voxel entropy of "
-                            "the mean probabilities to <output>/uncertainty/<case>_entropy<ending>. With DDIM at "
-                            "eta 0 samples differ only through their starting noise x_T. Default: 1")
+                       help="Average K independent samples per case; with K > 1 also writes per-voxel maps of the "
+                            "entropy and of the mutual information (the samples' disagreement) to "
+                            "<output>/uncertainty/<case>_entropy<ending> and <case>_mutual_information<ending>, and "
+                            "case-level scores and volumes to <output>/uncertainty/uncertainty_per_case.csv. With "
+                            "DDIM at eta 0 samples differ only through their starting noise x_T. Default: 1")
     group.add_argument("--save_steps", action="store_true",
                        help="Also write the segmentation after every denoising step to "
                             "<output>/steps/<case>_step<k><ending>.")

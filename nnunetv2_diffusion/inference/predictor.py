@@ -36,14 +36,13 @@ from tqdm import tqdm
 
 from nnunetv2_diffusion import __version__
 from nnunetv2_diffusion.diffusion.config import DiffusionConfig
-from nnunetv2_diffusion.diffusion.mask_encoding import log_probabilities, probabilities_from_x0
+from nnunetv2_diffusion.diffusion.mask_encoding import entropy, log_probabilities, probabilities_from_x0
 from nnunetv2_diffusion.diffusion.sampling_loop import reverse_process
 from nnunetv2_diffusion.diffusion.seeding import content_seed
 from nnunetv2_diffusion.inference.ensemble_choice import DEFAULT_ENSEMBLE_WEIGHT, read_ensemble_choice
 from nnunetv2_diffusion.inference.errors import DiffusionPredictorError
 from nnunetv2_diffusion.inference.export import (
     export_prediction_atomically,
-    export_uncertainty_map,
     partial_name,
     remove_partial_folder,
 )
@@ -60,6 +59,7 @@ from nnunetv2_diffusion.inference.input_checks import (
     list_input_cases,
 )
 from nnunetv2_diffusion.inference.model_folder import check_model_folder, check_same_labels, check_same_preprocessing
+from nnunetv2_diffusion.inference.uncertainty import export_uncertainty_maps, write_uncertainty_table
 from nnunetv2_diffusion.networks.diffusion_unet import DiffusionSegmentationUNet
 from nnunetv2_diffusion.networks.wrappers import unwrap_network
 
@@ -82,10 +82,14 @@ class CasePrediction:
         the stock model if one is set.
     step_probabilities: with ``save_steps``, the diffusion model's mean probabilities after each denoising step
         (same shape; the last equals ``probabilities`` without an ensemble), else None.
+    mutual_information: with K > 1 samples, (*preprocessed spatial) float32 in nats: the entropy of the diffusion
+        model's mean probabilities minus the mean entropy of its K samples (of every fold): how much the samples
+        disagree; the stock model of an ensemble does not enter it. Else None.
     """
 
     probabilities: torch.Tensor
     step_probabilities: list[torch.Tensor] | None = None
+    mutual_information: torch.Tensor | None = None
 
 
 class nnUNetDiffusionPredictor(nnUNetPredictor):
@@ -98,8 +102,10 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
     seed: the noise of every case comes from a generator seeded with (seed, the case's content, fold, sample), so a
         case gets the same result whatever the order or company it is predicted in; None: fresh noise every run.
     num_samples: K independent samples per case (and fold), probabilities averaged; with K > 1 the export also
-        writes the per-voxel entropy of the exported (mean, and ensembled if set) probabilities, in nats, to
-        ``<output>/uncertainty/<case>_entropy<ending>`` in the input image's geometry.
+        writes, in the input image's geometry and in nats, ``<output>/uncertainty/<case>_entropy<ending>`` (entropy
+        of the exported probabilities) and ``<case>_mutual_information<ending>`` (disagreement of the samples), and
+        one row per case into ``<output>/uncertainty/uncertainty_per_case.csv`` (``inference/uncertainty.py``). With
+        DDIM at eta 0 samples differ only through their starting noise x_T.
     save_steps: also write the segmentation after every denoising step to ``<output>/steps/<case>_step<k><ending>``
         (k = 1..steps); per-step probabilities are kept in memory only then.
     ensemble_weight: w of ``(1 - w) p_diffusion + w p_stock`` once :meth:`initialize_ensemble_model` set a stock
@@ -205,7 +211,7 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
         try:
             parameters = self.list_of_parameters or [None]
             total = len(parameters) * self.num_samples * self.sampler.num_inference_steps
-            probabilities, steps = None, None
+            probabilities, steps, expected_entropy = None, None, None
             with tqdm(total=total, desc="denoising steps", leave=False, disable=not self.allow_tqdm) as progress:
                 for fold_index, fold_parameters in enumerate(parameters):
                     if fold_parameters is not None:
@@ -213,6 +219,9 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
                     for sample_index in range(self.num_samples):
                         p, p_steps = self._sample(data, self.case_seed(data, fold_index, sample_index), progress)
                         probabilities = p if probabilities is None else probabilities.add_(p)
+                        if self.num_samples > 1:  # the mean entropy of the samples, for the mutual information
+                            h = entropy(p)
+                            expected_entropy = h if expected_entropy is None else expected_entropy.add_(h)
                         if p_steps is not None and steps is None:
                             steps = p_steps
                         elif p_steps is not None:
@@ -221,11 +230,14 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
             probabilities /= count
             if steps is not None:
                 steps = [s.div_(count) for s in steps]
+            mutual_information = None
+            if expected_entropy is not None:  # >= 0 up to rounding: entropy is concave
+                mutual_information = (entropy(probabilities) - expected_entropy.div_(count)).clamp_min_(0)
             if self.ensemble_predictor is not None and self.ensemble_weight > 0:
                 stock_logits = self.ensemble_predictor.predict_logits_from_preprocessed_data(data)
                 stock = self.label_manager.apply_inference_nonlin(stock_logits).cpu()
                 probabilities = (1 - self.ensemble_weight) * probabilities + self.ensemble_weight * stock
-            return CasePrediction(probabilities, steps)
+            return CasePrediction(probabilities, steps, mutual_information)
         finally:
             torch.set_num_threads(threads)
 
@@ -433,7 +445,7 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
         """Predicts every case of nnU-Net's preprocessing iterator and exports it (in a spawn pool like nnU-Net's,
         or in this process when ``num_processes_segmentation_export`` is 0). Items with ``ofile`` None return
         nnU-Net's (segmentation[, probabilities]) instead of writing files."""
-        returned = []
+        returned, uncertainty_folders = [], set()
         with ExportJobs(num_processes_segmentation_export) as jobs:
             for item in tqdm(data_iterator, desc="cases", unit="case", disable=not self.allow_tqdm):
                 data = item["data"]
@@ -450,9 +462,12 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
                                                 (log_p, self.plans_manager, self.configuration_manager,
                                                  self.label_manager, properties, save_probabilities)))
                 else:
-                    returned.append(self._submit_exports(jobs, case, log_p, properties, ofile, save_probabilities))
+                    returned.append(self._submit_exports(jobs, case, log_p, properties, ofile, save_probabilities,
+                                                         uncertainty_folders))
             jobs.wait_for_all()
             results = [jobs.result(job) for job in returned]
+            for folder in sorted(uncertainty_folders):  # once every case's row is written
+                write_uncertainty_table(folder)
         if isinstance(data_iterator, MultiThreadedAugmenter):
             data_iterator._finish()
         compute_gaussian.cache_clear()
@@ -460,9 +475,10 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
         return results
 
     def _submit_exports(self, jobs: ExportJobs, case: CasePrediction, log_p: np.ndarray, properties: dict,
-                        ofile: str, save_probabilities: bool):
-        """Queues the files of one case: the segmentation (its job is returned), the uncertainty map with K > 1
-        samples, the per-step segmentations with ``save_steps``."""
+                        ofile: str, save_probabilities: bool, uncertainty_folders: set):
+        """Queues the files of one case: the segmentation (its job is returned), the uncertainty maps and scores with
+        K > 1 samples (adding their folder to ``uncertainty_folders``), the per-step segmentations with
+        ``save_steps``."""
         folder, name = os.path.dirname(os.path.abspath(ofile)), os.path.basename(ofile)
         jobs.add_folder(folder)
         common = (properties, self.configuration_manager, self.plans_manager, self.dataset_json)
@@ -470,7 +486,9 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
         if self.num_samples > 1:
             os.makedirs(join(folder, UNCERTAINTY_FOLDER), exist_ok=True)
             jobs.add_folder(join(folder, UNCERTAINTY_FOLDER))
-            jobs.submit(export_uncertainty_map, (log_p, *common, join(folder, UNCERTAINTY_FOLDER, f"{name}_entropy")))
+            jobs.submit(export_uncertainty_maps, (log_p, case.mutual_information.numpy(), *common,
+                                                  join(folder, UNCERTAINTY_FOLDER, name)))
+            uncertainty_folders.add(join(folder, UNCERTAINTY_FOLDER))
         if case.step_probabilities is not None:
             os.makedirs(join(folder, STEPS_FOLDER), exist_ok=True)
             jobs.add_folder(join(folder, STEPS_FOLDER))

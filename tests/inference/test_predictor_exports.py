@@ -14,8 +14,9 @@ from nnunetv2.imageio.nibabel_reader_writer import NibabelIO
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 import nnunetv2_diffusion.inference.export as export_module
-from nnunetv2_diffusion.inference.export import PARTIAL_FOLDER, entropy_of_probabilities, write_float_image
+from nnunetv2_diffusion.inference.export import PARTIAL_FOLDER, write_float_image
 from nnunetv2_diffusion.inference.predictor import nnUNetDiffusionPredictor
+from nnunetv2_diffusion.inference.uncertainty import entropy_of_probabilities
 from nnunetv2_diffusion.training import nnUNetTrainerDiffRecycle_10iters
 
 CPU = torch.device("cpu")

@@ -1,0 +1,109 @@
+"""Uncertainty outputs of K diffusion samples: per-voxel maps and one row of case-level scores per case.
+
+Maps, in nats, in the input image's geometry (``<output>/uncertainty/``):
+- ``<case>_entropy``: entropy of the exported probabilities, i.e. of everything averaged into them (the K samples, the
+  folds, the mirrors and overlapping tiles within each sample, and the stock model of an ensemble): the total
+  uncertainty of the prediction that was written.
+- ``<case>_mutual_information``: entropy of the diffusion model's mean probabilities minus the mean entropy of its
+  samples (K per fold): the part of the uncertainty that comes from the samples disagreeing. Mirrors and tiles are
+  averaged inside each sample, so they do not add to it; the stock model of an ensemble does not enter it.
+
+Case-level score of class k (``uncertainty_per_case.csv``): 1 - soft Dice between the exported segmentation's mask of
+k and the exported probability of k, ``1 - 2 sum(s_k p_k) / (sum s_k + sum p_k)``: 0 when every voxel of the mask is
+certain and none outside it has any probability of k, larger the more probability mass disagrees with the mask. It is
+the Dice the model itself expects to lose if its probabilities were right; NaN when both sums are 0.
+"""
+
+import csv
+import json
+import os
+
+import numpy as np
+from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
+from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+from nnunetv2_diffusion.inference.export import partial_name, remove_partial_folder, write_float_image
+
+UNCERTAINTY_TABLE = "uncertainty_per_case.csv"
+SCORES_SUFFIX = "_scores.json"
+
+
+def entropy_of_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """probabilities: (C, *spatial) summing to 1 over C -> per-voxel entropy -sum_c p log p in nats, float32 in
+    [0, log C] (0 log 0 = 0)."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    return -(p * np.log(np.where(p > 0, p, 1.0))).sum(0).astype(np.float32)
+
+
+def map_to_input_geometry(values: np.ndarray, properties: dict, configuration_manager, plans_manager) -> np.ndarray:
+    """A per-voxel map of the preprocessed case (*spatial) -> the input image's layout, the way nnU-Net's export
+    treats probabilities: resampled with the configuration's probability resampling, zeros outside the crop (the
+    region nnU-Net's preprocessing cut away is certain background), transposed back."""
+    spacing = [properties["spacing"][i] for i in plans_manager.transpose_forward]
+    shape = properties["shape_after_cropping_and_before_resampling"]
+    current = configuration_manager.spacing if len(configuration_manager.spacing) == len(shape) else \
+        [spacing[0], *configuration_manager.spacing]
+    resampled = np.asarray(configuration_manager.resampling_fn_probabilities(values[None].astype(np.float32), shape,
+                                                                             current, spacing))[0]
+    full = insert_crop_into_image(np.zeros(properties["shape_before_cropping"], dtype=np.float32), resampled,
+                                  properties["bbox_used_for_cropping"])
+    return np.asarray(full).transpose(plans_manager.transpose_backward)
+
+
+def case_scores(segmentation: np.ndarray, probabilities: np.ndarray, labels: dict, voxel_volume: float) -> dict:
+    """The CSV columns of one case: per foreground label, the predicted volume (in the image's spacing units cubed,
+    mm^3 for medical images) and the score of the module docstring."""
+    row = {}
+    for name, label in labels.items():
+        if name == "background":
+            continue
+        mask = segmentation == label
+        p = probabilities[label].astype(np.float64)
+        total = mask.sum() + p.sum()
+        row[f"{name}_volume"] = float(mask.sum() * voxel_volume)
+        row[f"{name}_uncertainty"] = float(1 - 2 * p[mask].sum() / total) if total else float("nan")
+    return row
+
+
+def export_uncertainty_maps(log_probabilities: np.ndarray, mutual_information: np.ndarray, properties: dict,
+                            configuration_manager, plans_manager, dataset_json: dict,
+                            output_file_truncated: str) -> dict:
+    """Writes ``<output>_entropy`` and ``<output>_mutual_information`` (maps of the module docstring) and the case's
+    CSV row as ``<output>_scores.json``; returns the row. log_probabilities: (C, *preprocessed) as handed to
+    nnU-Net's export; mutual_information: (*preprocessed) float32. Runs in nnU-Net's export workers (module-level,
+    picklable arguments)."""
+    label_manager = plans_manager.get_label_manager(dataset_json)
+    segmentation, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
+        log_probabilities, plans_manager, configuration_manager, label_manager, properties, return_probabilities=True)
+    writer = plans_manager.image_reader_writer_class()
+    ending = dataset_json["file_ending"]
+    write_float_image(entropy_of_probabilities(probabilities), f"{output_file_truncated}_entropy", ending, properties,
+                      writer)
+    write_float_image(map_to_input_geometry(mutual_information, properties, configuration_manager, plans_manager),
+                      f"{output_file_truncated}_mutual_information", ending, properties, writer)
+    row = {"case": os.path.basename(output_file_truncated),
+           **case_scores(segmentation, probabilities, dataset_json["labels"], float(np.prod(properties["spacing"])))}
+    temporary = partial_name(output_file_truncated) + ".json"
+    with open(temporary, "w") as f:
+        json.dump(row, f)
+    os.replace(temporary, f"{output_file_truncated}{SCORES_SUFFIX}")
+    return row
+
+
+def write_uncertainty_table(folder: str) -> str:
+    """``<folder>/uncertainty_per_case.csv`` from every ``<case>_scores.json`` in ``folder``, one row per case, sorted:
+    rebuilt from the per-case files, so a continued run or the other part of a split prediction keeps its rows."""
+    rows = []
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(SCORES_SUFFIX):
+            with open(os.path.join(folder, name)) as f:
+                rows.append(json.load(f))
+    path = os.path.join(folder, UNCERTAINTY_TABLE)
+    temporary = partial_name(path) + ".csv"
+    with open(temporary, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(temporary, path)
+    remove_partial_folder(folder)
+    return path

@@ -1,0 +1,71 @@
+"""K samples: the mutual-information map measures how much the samples disagree; one CSV row of scores per case."""
+
+import csv
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from inference_fixtures import write_model_folder, write_raw_case
+
+from nnunetv2_diffusion.diffusion.mask_encoding import entropy
+from nnunetv2_diffusion.inference.predictor import nnUNetDiffusionPredictor
+from nnunetv2_diffusion.inference.uncertainty import case_scores, entropy_of_probabilities
+from nnunetv2_diffusion.training import nnUNetTrainerDiffRecycle_10iters
+
+
+def _predictor(folder, **kwargs):
+    predictor = nnUNetDiffusionPredictor(device=torch.device("cpu"), allow_tqdm=False, use_mirroring=False, **kwargs)
+    predictor.initialize_from_trained_model_folder(folder, (0,))
+    return predictor
+
+
+def test_mutual_information_is_the_entropy_of_the_mean_minus_the_mean_entropy(nnunet_env):
+    folder = write_model_folder(nnunet_env["nnUNet_results"], nnUNetTrainerDiffRecycle_10iters)
+    predictor = _predictor(folder, num_samples=3, steps=2)
+    data = torch.randn(1, 1, 36, 40, generator=torch.Generator().manual_seed(0))
+    case = predictor.predict_case(data)
+    with torch.inference_mode():
+        samples = [predictor._sample(data, predictor.case_seed(data, 0, k), None)[0] for k in range(3)]
+    mean = torch.stack(samples).mean(0)
+    expected = entropy(mean) - torch.stack([entropy(p) for p in samples]).mean(0)
+    torch.testing.assert_close(case.probabilities, mean, rtol=0, atol=1e-6)
+    torch.testing.assert_close(case.mutual_information, expected.clamp_min(0), rtol=0, atol=1e-5)
+    assert case.mutual_information.max() > 1e-3  # the samples do disagree somewhere
+    assert _predictor(folder, steps=2).predict_case(data).mutual_information is None
+
+
+def test_case_scores_are_volume_and_one_minus_soft_dice():
+    probabilities = np.array([[[0.9, 0.2, 0.1]], [[0.1, 0.8, 0.9]]])  # (C, 1, 3)
+    segmentation = probabilities.argmax(0)
+    row = case_scores(segmentation, probabilities, {"background": 0, "head": 1}, voxel_volume=2.0)
+    assert row["head_volume"] == 4.0
+    assert row["head_uncertainty"] == pytest.approx(1 - 2 * 1.7 / (2 + 1.8))
+    certain = case_scores(segmentation, np.stack([1 - segmentation, segmentation]).astype(float),
+                          {"background": 0, "head": 1}, 1.0)
+    assert certain["head_uncertainty"] == 0.0
+
+
+def test_maps_and_table_are_written_in_the_input_geometry(nnunet_env, tmp_path):
+    folder = write_model_folder(nnunet_env["nnUNet_results"], nnUNetTrainerDiffRecycle_10iters)
+    for index in range(2):
+        write_raw_case(tmp_path / "in", f"case{index}", (40, 44), spacing=(0.8, 1.25, 1.0), seed=index)
+    out = tmp_path / "out"
+    _predictor(folder, num_samples=2, steps=2).predict_from_files_sequential(str(tmp_path / "in"), str(out),
+                                                                             save_probabilities=True)
+    reference = sitk.ReadImage(str(tmp_path / "in" / "case0_0000.nii.gz"))
+    maps = {kind: sitk.ReadImage(str(out / "uncertainty" / f"case0_{kind}.nii.gz"))
+            for kind in ("entropy", "mutual_information")}
+    for image in maps.values():
+        assert image.GetSize() == reference.GetSize() and np.allclose(image.GetSpacing(), reference.GetSpacing())
+    entropy_map, information = (sitk.GetArrayFromImage(maps[k]) for k in ("entropy", "mutual_information"))
+    probabilities = np.load(out / "case0.npz")["probabilities"]
+    np.testing.assert_allclose(entropy_map, entropy_of_probabilities(probabilities), atol=1e-5)
+    assert information.min() >= 0 and information.max() > 0
+    assert np.all(information <= entropy_map + 1e-3)  # the samples' disagreement is part of the total
+    with open(out / "uncertainty" / "uncertainty_per_case.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["case"] for r in rows] == ["case0", "case1"]
+    segmentation = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "case0.nii.gz")))
+    assert float(rows[0]["c1_volume"]) == pytest.approx((segmentation == 1).sum() * 0.8 * 1.25 * 1.0)
+    assert 0 <= float(rows[0]["c2_uncertainty"]) <= 1
