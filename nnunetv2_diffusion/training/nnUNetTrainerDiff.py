@@ -20,6 +20,7 @@ from nnunetv2_diffusion.networks.wrappers import highest_resolution
 from nnunetv2_diffusion.training.batch_checks import check_training_batch
 from nnunetv2_diffusion.training.checkpointing import SafeCheckpointMixin
 from nnunetv2_diffusion.training.dice_focal_loss import DiceFocalLoss
+from nnunetv2_diffusion.training.distributed import gather_from_all_ranks, rank_local_dice
 from nnunetv2_diffusion.training.loss_guard import FiniteLossMixin
 from nnunetv2_diffusion.training.warm_start import install_for
 
@@ -70,6 +71,10 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.diffusion = GaussianDiffusion.from_schedule(self.noise_schedule, self.num_diffusion_timesteps)
         self.timestep_sampler = make_timestep_sampler(self.timestep_sampling, num_timesteps=self.num_loss_timesteps)
+        if self.is_ddp:
+            # every process's CUDA generator starts from the same fixed seed, so without an offset every rank would
+            # draw the same timesteps and noise; initial seed + rank keeps a seeded run reproducible
+            torch.manual_seed((torch.initial_seed() + self.local_rank) % 2**64)
         install_for(self)  # nnUNetv2_train -pretrained_weights <stock checkpoint> warm-starts (training/warm_start.py)
 
     @classmethod
@@ -177,7 +182,8 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
         if self.timestep_sampling == "uniform":
             return self.loss(step.output, target)
         losses = self.per_sample_loss(step.output, target)
-        self.timestep_sampler.update(step.t, losses.detach())
+        # under DDP every rank's sampler must learn from the whole world's batch, or the ranks' p(t) drift apart
+        self.timestep_sampler.update(*gather_from_all_ranks(step.t, losses.detach()))
         return (step.weights * losses).mean()
 
     def per_sample_loss(self, output, target) -> torch.Tensor:
@@ -186,7 +192,10 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
             return [level[i:i + 1] for level in x] if isinstance(x, (list, tuple)) else x[i:i + 1]
 
         batch_size = highest_resolution(target).shape[0]
-        return torch.stack([self.loss(sample(output, i), sample(target, i)).float() for i in range(batch_size)])
+        # under DDP nnU-Net's batch Dice would add the same-index sample of every other rank to each sample's Dice
+        # (one all-gather per sample, whose count no longer matches between ranks when their batch sizes differ)
+        with rank_local_dice(self.loss):
+            return torch.stack([self.loss(sample(output, i), sample(target, i)).float() for i in range(batch_size)])
 
     def _autocast(self):
         # autocast only on CUDA, like the stock trainer (slow on CPU, unsupported on MPS)
