@@ -2,7 +2,7 @@
 # The main job on a fresh machine, 2 CPU cores, no GPU:
 #   set up the environment -> convert the shipped HC18 ultrasound data -> nnU-Net plan/preprocess ->
 #   train xT-recycling diffusion and stock nnU-Net for 300 iterations each -> predict the held-out test split with
-#   stock nnUNetv2_predict (diffusion), our nnUNetv2_predict_diffusion (diffusion + ensemble with stock) ->
+#   our nnUNetv2_predict_diffusion (diffusion alone, and ensembled with stock) and stock nnUNetv2_predict (stock) ->
 #   print mean test Dice of each from nnU-Net's evaluator.
 # Finished steps are skipped when run again. Data and results go to $NNUNETV2_DIFFUSION_WORK (default
 # <repo>/nnunet_data); set DEVICE=cuda on a GPU machine; BUDGET=_10iters gives a 2-minute smoke run.
@@ -42,7 +42,8 @@ done
 
 step "predict the test split"
 common=(-i "$raw/imagesTs" -d $dataset -c 2d -f 0 -device "$device" -npp 1 -nps 1)
-nnUNetv2_predict "${common[@]}" -o "$out/diffusion" -tr $diffusion
+# the recommended path for diffusion models: global-step sampling (stock nnUNetv2_predict would sample per tile)
+nnUNetv2_predict_diffusion "${common[@]}" -o "$out/diffusion" -tr $diffusion
 nnUNetv2_predict "${common[@]}" -o "$out/stock" -tr $stock
 nnUNetv2_predict_diffusion "${common[@]}" -o "$out/ensemble" -tr $diffusion \
     --ensemble_with "$nnUNet_results/Dataset520_HC18/${stock}__nnUNetPlans__2d" --ensemble_weight 0.5
