@@ -26,6 +26,8 @@ class _FixedBudgetMixin:
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = self.budget
+        # nnU-Net writes checkpoint_latest every 50 epochs; with a few short epochs --c would restart from scratch
+        self.save_every = 1
 
 
 class _300IterationsMixin(_FixedBudgetMixin):
