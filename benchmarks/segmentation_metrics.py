@@ -13,6 +13,11 @@ def _surface(mask: np.ndarray) -> np.ndarray:
 def hd95(reference: np.ndarray, prediction: np.ndarray, spacing) -> float:
     """95th percentile of the distances from each surface voxel of one mask to the other mask's surface, both
     directions pooled. 0 when both masks are empty, NaN when exactly one is."""
+    # 2D images come as (1, H, W): eroding across the singleton axis would strip every voxel and make the "surface"
+    # the whole mask
+    kept = [axis for axis, size in enumerate(reference.shape) if size > 1]
+    reference, prediction = reference.squeeze(), prediction.squeeze()
+    spacing = [spacing[axis] for axis in kept]
     if not reference.any() and not prediction.any():
         return 0.0
     if not reference.any() or not prediction.any():
