@@ -98,3 +98,35 @@ def test_cases(spec: dict, work: str) -> tuple[list[str], str, object, list[int]
         os.path.join(raw, "imagesTr"))[0]))()
     labels = sorted(v for k, v in dataset_json["labels"].items() if k != "background")
     return sorted(glob.glob(os.path.join(raw, "labelsTs", f"*{ending}"))), ending, reader, labels
+
+
+def evaluate_prediction_folder(folder: str, references: list[str], ending: str, reader, labels: list[int],
+                               fields: dict) -> list[dict]:
+    """Rows of one prediction folder: per test case, sampling step (the final segmentation is step ``STEPS``, the
+    ``steps/`` folder holds the others when saved) and label, ``fields`` + case, step, label, Dice and HD95. Cached in
+    ``<folder>/metrics.json``."""
+    from segmentation_metrics import evaluate_case
+
+    cache = os.path.join(folder, "metrics.json")
+    if not os.path.isfile(cache):
+        rows = []
+        for reference in references:
+            case = os.path.basename(reference)[: -len(ending)]
+            steps = {STEPS: os.path.join(folder, case + ending)}
+            steps.update({k: os.path.join(folder, "steps", f"{case}_step{k}{ending}") for k in range(1, STEPS)
+                          if os.path.isfile(os.path.join(folder, "steps", f"{case}_step{k}{ending}"))})
+            for step, prediction in sorted(steps.items()):
+                for label, metrics in evaluate_case(reference, prediction, reader, labels).items():
+                    rows.append({**fields, "step": step, "case": case, "label": label, **metrics})
+        json.dump(rows, open(cache, "w"))
+    return json.load(open(cache))
+
+
+def write_rows(rows: list[dict], path: str) -> None:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    log(f"wrote {len(rows)} rows to {path}")

@@ -17,7 +17,6 @@ Outputs: docs/results/evidence_<dataset>_cases.csv, docs/results/evidence.json, 
 """
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -29,6 +28,7 @@ from benchmark_protocol import (  # noqa: E402
     REPO,
     SAMPLERS,
     STEPS,
+    evaluate_prediction_folder,
     is_trained,
     log,
     model_folder,
@@ -37,8 +37,8 @@ from benchmark_protocol import (  # noqa: E402
     prepare,
     run,
     test_cases,
+    write_rows,
 )
-from segmentation_metrics import evaluate_case  # noqa: E402
 
 from nnunetv2_diffusion.inference.ensemble_choice import read_ensemble_choice  # noqa: E402
 
@@ -175,30 +175,14 @@ def evaluate(spec: dict, work: str, replicates: int) -> str:
         root = os.path.join(work, "predictions", f"replicate_{replicate}")
         for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
             folder = os.path.join(root, name)
-            cache = os.path.join(folder, "metrics.json")
             if not os.path.isfile(os.path.join(folder, "finished.json")):
                 continue
-            if not os.path.isfile(cache):
-                method, sampler = (name.rsplit("_", 1) if name.endswith(SAMPLERS) else (name, "-"))
-                folder_rows = []
-                for reference in references:
-                    case = os.path.basename(reference)[: -len(ending)]
-                    steps = {STEPS: os.path.join(folder, case + ending)}
-                    steps.update({k: os.path.join(folder, "steps", f"{case}_step{k}{ending}") for k in range(1, STEPS)
-                                  if os.path.isfile(os.path.join(folder, "steps", f"{case}_step{k}{ending}"))})
-                    for step, prediction in sorted(steps.items()):
-                        for label, metrics in evaluate_case(reference, prediction, reader, labels).items():
-                            folder_rows.append({"replicate": replicate, "method": method, "sampler": sampler,
-                                                "step": step, "case": case, "label": label, **metrics})
-                json.dump(folder_rows, open(cache, "w"))
-            rows += json.load(open(cache))
+            method, sampler = (name.rsplit("_", 1) if name.endswith(SAMPLERS) else (name, "-"))
+            rows += evaluate_prediction_folder(folder, references, ending, reader, labels,
+                                               {"replicate": replicate, "method": method, "sampler": sampler})
     path = os.path.join(REPO, "docs", "results", f"evidence_{spec['key']}_cases.csv")
     if rows:
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        log(f"wrote {len(rows)} rows to {path}")
+        write_rows(rows, path)
     return path
 
 

@@ -19,7 +19,6 @@ step, case, label), docs/results/<dataset>_summary.json and docs/<dataset>_*.png
 """
 
 import argparse
-import csv
 import glob
 import json
 import os
@@ -33,6 +32,7 @@ from benchmark_protocol import (  # noqa: E402
     SAMPLERS,
     STEPS,
     STOCK,
+    evaluate_prediction_folder,
     is_trained,
     log,
     model_folder,
@@ -41,9 +41,9 @@ from benchmark_protocol import (  # noqa: E402
     prepare,
     run,
     test_cases,
+    write_rows,
 )
 from claims_report import DIFFUSION, write_report  # noqa: E402
-from segmentation_metrics import evaluate_case  # noqa: E402
 
 
 def train(spec: dict, work: str, replicate: int, budget: str, device: str) -> None:
@@ -89,28 +89,11 @@ def evaluate(spec: dict, work: str, replicates: int) -> str:
     rows = []
     for replicate in range(replicates):
         for folder in sorted(glob.glob(os.path.join(work, "predictions", f"replicate_{replicate}", "*"))):
-            cache = os.path.join(folder, "metrics.json")
-            if not os.path.isfile(cache):
-                method, _, sampler = os.path.basename(folder).partition("_")
-                folder_rows = []
-                for reference in references:
-                    case = os.path.basename(reference)[: -len(ending)]
-                    steps = {STEPS: os.path.join(folder, case + ending)}
-                    steps.update({k: os.path.join(folder, "steps", f"{case}_step{k}{ending}")
-                                  for k in range(1, STEPS) if os.path.isfile(os.path.join(folder, "steps",
-                                                                                          f"{case}_step{k}{ending}"))})
-                    for step, prediction in sorted(steps.items()):
-                        for label, metrics in evaluate_case(reference, prediction, reader, labels).items():
-                            folder_rows.append({"replicate": replicate, "method": method, "sampler": sampler or "-",
-                                                "step": step, "case": case, "label": label, **metrics})
-                json.dump(folder_rows, open(cache, "w"))
-            rows += json.load(open(cache))
+            method, _, sampler = os.path.basename(folder).partition("_")
+            rows += evaluate_prediction_folder(folder, references, ending, reader, labels,
+                                               {"replicate": replicate, "method": method, "sampler": sampler or "-"})
     path = os.path.join(REPO, "docs", "results", f"{spec['key']}_cases.csv")
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    log(f"wrote {len(rows)} rows to {path}")
+    write_rows(rows, path)
     return path
 
 
