@@ -45,7 +45,7 @@ def log_probabilities(probabilities: torch.Tensor) -> torch.Tensor:
 
 
 def entropy(probabilities: torch.Tensor) -> torch.Tensor:
-    """Per-voxel entropy -sum_c p log p (nats) of class probabilities (C, *spatial) -> (*spatial) float32, with
-    0 log 0 = 0; in [0, log C]."""
-    p = probabilities.float()
+    """Per-voxel entropy -sum_c p log p (nats) of class probabilities (C, *spatial) -> (*spatial), with 0 log 0 = 0;
+    in [0, log C]. float64 input is computed in float64, anything else in float32."""
+    p = probabilities if probabilities.dtype == torch.float64 else probabilities.float()
     return -(p * torch.log(p.clamp_min(PROBABILITY_FLOOR))).sum(0)

@@ -21,6 +21,7 @@ import os
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, subfiles
 
+from nnunetv2_diffusion.checkpoint_io import atomic_save
 from nnunetv2_diffusion.inference.errors import DiffusionPredictorError
 from nnunetv2_diffusion.inference.input_checks import read_json_file
 
@@ -120,10 +121,11 @@ def choose_ensemble_weight(model_folder: str, stock_folder: str, folds: list, gt
     path = join(model_folder, CHOICE_FILE)
     choices = read_json_file(path) if isfile(path) else {}
     choices[_key(stock_folder)] = record
-    temporary = f"{path}.partial-{os.getpid()}"
-    with open(temporary, "w") as f:
-        json.dump(choices, f, indent=1)
-    os.replace(temporary, path)
+    def write(temporary: str) -> None:
+        with open(temporary, "w") as f:
+            json.dump(choices, f, indent=1)
+
+    atomic_save(write, path)
     return record
 
 

@@ -19,9 +19,11 @@ import json
 import os
 
 import numpy as np
+import torch
 from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
 from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
+from nnunetv2_diffusion.diffusion.mask_encoding import entropy
 from nnunetv2_diffusion.inference.export import partial_name, remove_partial_folder, write_float_image
 
 UNCERTAINTY_TABLE = "uncertainty_per_case.csv"
@@ -30,9 +32,8 @@ SCORES_SUFFIX = "_scores.json"
 
 def entropy_of_probabilities(probabilities: np.ndarray) -> np.ndarray:
     """probabilities: (C, *spatial) summing to 1 over C -> per-voxel entropy -sum_c p log p in nats, float32 in
-    [0, log C] (0 log 0 = 0)."""
-    p = np.asarray(probabilities, dtype=np.float64)
-    return -(p * np.log(np.where(p > 0, p, 1.0))).sum(0).astype(np.float32)
+    [0, log C] (0 log 0 = 0): :func:`diffusion.mask_encoding.entropy` in float64 for numpy arrays."""
+    return entropy(torch.from_numpy(np.asarray(probabilities, dtype=np.float64))).float().numpy()
 
 
 def map_to_input_geometry(values: np.ndarray, properties: dict, configuration_manager, plans_manager) -> np.ndarray:

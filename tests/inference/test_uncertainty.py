@@ -69,3 +69,10 @@ def test_maps_and_table_are_written_in_the_input_geometry(nnunet_env, tmp_path):
     segmentation = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "case0.nii.gz")))
     assert float(rows[0]["c1_volume"]) == pytest.approx((segmentation == 1).sum() * 0.8 * 1.25 * 1.0)
     assert 0 <= float(rows[0]["c2_uncertainty"]) <= 1
+
+
+def test_entropy_is_log_c_for_uniform_and_zero_for_certain_voxels():
+    probabilities = torch.tensor([[1 / 3, 1.0, 0.5], [1 / 3, 0.0, 0.5], [1 / 3, 0.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(entropy(probabilities), torch.tensor([np.log(3), 0.0, np.log(2)], dtype=torch.float64))
+    np.testing.assert_allclose(entropy_of_probabilities(probabilities.numpy()), [np.log(3), 0.0, np.log(2)],
+                               rtol=1e-6)
