@@ -16,8 +16,8 @@ from scipy.stats import wilcoxon
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from benchmark_protocol import REPO, STEPS, model_folder, nnunet_env  # noqa: E402
-from evidence_study import DIFFUSION_METHODS, ITERATIONS, METHODS  # noqa: E402
+from benchmark_protocol import REPO, STEPS  # noqa: E402
+from evidence_study import DIFFUSION_METHODS, ITERATIONS  # noqa: E402
 
 EVIDENCE = os.path.join(REPO, "docs", "results", "evidence.json")
 
@@ -43,14 +43,10 @@ def paired(a: pd.Series, b: pd.Series) -> dict:
             "worse": int((difference < 0).sum()), "cases": int(len(joined))}
 
 
-def validation_dice(spec: dict, work: str, trainer: str, replicates: int) -> float | None:
-    """Mean foreground Dice of nnU-Net's final validation, averaged over the replicates that finished it."""
-    scores = []
-    for replicate in range(replicates):
-        summary = os.path.join(model_folder(nnunet_env(work, replicate), spec, trainer), "fold_0", "validation",
-                               "summary.json")
-        if os.path.isfile(summary):
-            scores.append(json.load(open(summary))["foreground_mean"]["Dice"])
+def validation_dice(models: dict, method: str) -> float | None:
+    """Mean foreground Dice of nnU-Net's final validation over the replicates that finished it, from
+    docs/results/evidence_<dataset>_models.json (written by the study's evaluate stage)."""
+    scores = [record["validation_dice"] for record in models.get(method, {}).values()]
     return float(np.mean(scores)) if scores else None
 
 
@@ -90,12 +86,14 @@ def _plot(cases: pd.DataFrame, key: str) -> list[str]:
     return paths
 
 
-def write_evidence(spec: dict, work: str, replicates: int) -> dict:
+def write_evidence(spec: dict) -> dict:
     key = spec["key"]
     frame = pd.read_csv(os.path.join(REPO, "docs", "results", f"evidence_{key}_cases.csv"))
     cases = per_case(frame)
     present = set(cases.method)
-    validation = {m: validation_dice(spec, work, METHODS[m]["trainer"], replicates) for m in DIFFUSION_METHODS}
+    models_path = os.path.join(REPO, "docs", "results", f"evidence_{key}_models.json")
+    models = json.load(open(models_path)) if os.path.isfile(models_path) else {}
+    validation = {m: validation_dice(models, m) for m in DIFFUSION_METHODS}
     candidates = [m for m in DIFFUSION_METHODS if validation[m] is not None and m in present]
     best = max(candidates, key=lambda m: validation[m]) if candidates else None
     sources = {"stock": ("stock", "-"), "stock_seed_ensemble": ("stock_seed_ensemble", "-")}
@@ -112,7 +110,9 @@ def write_evidence(spec: dict, work: str, replicates: int) -> dict:
                    ("recycling_block_ddpm", "recycling_stage_ddpm"), ("recycling_warm_ddpm", "recycling_block_ddpm")]
     result = {
         "iterations": ITERATIONS.get(best, 1000) if best else 1000,
-        "replicates": int(frame.replicate.nunique()), "test_cases": int(cases.case.nunique()),
+        "replicates": int(frame.replicate.nunique()),
+        "replicates_per_method": {m: int(n) for m, n in frame.groupby("method").replicate.nunique().items()},
+        "test_cases": int(cases.case.nunique()),
         "recycling_model": best, "validation_dice": validation,
         "dice": {name: float(values.mean()) for name, values in series.items()},
         "hd95": {name: float(final_metric(cases, *source, metric="HD95").mean()) for name, source in sources.items()},

@@ -19,6 +19,7 @@ Outputs: docs/results/evidence_<dataset>_cases.csv, docs/results/evidence.json, 
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -55,18 +56,13 @@ BUDGET_CURVE = {300: ("nnUNetTrainer_300iters", "nnUNetTrainerDiffRecycle_blockF
                 3000: ("nnUNetTrainer_3000iters", "nnUNetTrainerDiffRecycle_blockFiLM_3000iters")}
 
 
-def training_order(replicates: int) -> list[tuple[str, int]]:
-    """(method, replicate) in the order that answers the most questions if the study is cut short: the first
-    replicate's stock and best-guess recycling, then the second stock (the seed-ensemble control), then the rest."""
-    order = [("stock", 0), ("recycling_block", 0)]
-    if replicates > 1:
-        order.append(("stock", 1))
-    order += [("recycling_stage", 0), ("recycling_warm", 0)]
-    for replicate in range(1, replicates):
-        order += [(m, replicate) for m in ("recycling_block", "recycling_stage", "recycling_warm")]
-        if replicate + 1 < replicates:
-            order.append(("stock", replicate + 1))
-    return order
+def training_order(replicates: int, methods: tuple[str, ...] = tuple(METHODS)) -> list[tuple[str, int]]:
+    """(method, replicate) in the order that answers the most questions if the study is cut short: stock and the
+    best-guess recycling model for every replicate first (replicates, and with them the stock seed-ensemble
+    control, are what the claims need), then warm-started recycling, then 'stage' recycling."""
+    order = [(m, r) for r in range(replicates) for m in ("stock", "recycling_block")]
+    order += [(m, r) for m in ("recycling_warm", "recycling_stage") for r in range(replicates)]
+    return [(m, r) for m, r in order if m in methods]
 
 
 def _timed(marker: str, function, *arguments) -> None:
@@ -97,8 +93,8 @@ def train_model(spec: dict, work: str, trainer: str, replicate: int, device: str
               open(os.path.join(folder, "fold_0", "study_training_time.json"), "w"))
 
 
-def train(spec: dict, work: str, replicates: int, device: str) -> None:
-    for method, replicate in training_order(replicates):
+def train(spec: dict, work: str, replicates: int, device: str, methods: tuple[str, ...]) -> None:
+    for method, replicate in training_order(replicates, methods):
         pretrained = None
         if "pretrained" in METHODS[method]:
             env = nnunet_env(work, replicate)
@@ -154,21 +150,30 @@ def predict(spec: dict, work: str, replicates: int, device: str) -> None:
         first, second = prediction_folder(work, replicate, "stock", None), prediction_folder(work, partner, "stock",
                                                                                              None)
         if replicates > 1 and all(os.path.isfile(os.path.join(f, "finished.json")) for f in (first, second)):
-            out = prediction_folder(work, replicate, "stock_seed_ensemble", None)
-            _timed(os.path.join(out, "finished.json"), _seed_ensemble, env, first, second, out)
+            _seed_ensemble(env, first, second, prediction_folder(work, replicate, "stock_seed_ensemble", None))
 
 
 def _seed_ensemble(env: dict, first: str, second: str, out: str) -> None:
-    """Two stock replicates' softmax averaged by stock ``nnUNetv2_ensemble`` (same test cases, same weights)."""
-    os.makedirs(out, exist_ok=True)
+    """Two stock replicates' softmax averaged by stock ``nnUNetv2_ensemble`` (same test cases, same weights).
+    Which replicates were paired depends on how many exist, so the pair is recorded and a stale pair redone."""
+    marker = os.path.join(out, "finished.json")
+    pair = [os.path.abspath(first), os.path.abspath(second)]
+    if os.path.isfile(marker) and json.load(open(marker)).get("pair") == pair:
+        return
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(out)
+    start = time.time()
     run(["nnUNetv2_ensemble", "-i", first, second, "-o", out, "-np", "1"], env)
     for name in os.listdir(out):  # the per-case exports only; nnUNetv2_ensemble copies its json files too
         if name.endswith(".npz"):
             os.remove(os.path.join(out, name))
+    json.dump({"seconds": time.time() - start, "pair": pair}, open(marker, "w"))
 
 
 def evaluate(spec: dict, work: str, replicates: int) -> str:
-    """One CSV row per replicate, method, sampler, step, case and label; cached per prediction folder."""
+    """One CSV row per replicate, method, sampler, step, case and label (cached per prediction folder), merged into
+    the committed CSV: the prediction folders of a session replace their own rows and leave the rest, so results of
+    models trained in earlier sessions (whose folders are gone) stay."""
     references, ending, reader, labels = test_cases(spec, work)
     rows = []
     for replicate in range(replicates):
@@ -182,7 +187,46 @@ def evaluate(spec: dict, work: str, replicates: int) -> str:
                                                {"replicate": replicate, "method": method, "sampler": sampler})
     path = os.path.join(REPO, "docs", "results", f"evidence_{spec['key']}_cases.csv")
     if rows:
-        write_rows(rows, path)
+        write_rows(_merged(path, rows, ("replicate", "method", "sampler")), path)
+    record_models(spec, work, replicates)
+    return path
+
+
+def _merged(path: str, rows: list[dict], group: tuple[str, ...]) -> list[dict]:
+    """``rows`` plus the rows of the CSV at ``path`` whose ``group`` values none of ``rows`` has."""
+    if not os.path.isfile(path):
+        return rows
+    import csv
+
+    fresh = {tuple(str(row[k]) for k in group) for row in rows}
+    kept = [row for row in csv.DictReader(open(path)) if tuple(row[k] for k in group) not in fresh]
+    return kept + rows
+
+
+def record_models(spec: dict, work: str, replicates: int) -> str:
+    """docs/results/evidence_<dataset>_models.json: per method and replicate, the final-validation Dice (nnU-Net's
+    summary.json), the training wall time and the ensemble weight chosen on validation; merged like the CSV."""
+    path = os.path.join(REPO, "docs", "results", f"evidence_{spec['key']}_models.json")
+    models = json.load(open(path)) if os.path.isfile(path) else {}
+    for replicate in range(replicates):
+        env = nnunet_env(work, replicate)
+        stock = model_folder(env, spec, METHODS["stock"]["trainer"])
+        for method, settings in METHODS.items():
+            fold = os.path.join(model_folder(env, spec, settings["trainer"]), "fold_0")
+            summary = os.path.join(fold, "validation", "summary.json")
+            if not os.path.isfile(summary):
+                continue
+            record = {"trainer": settings["trainer"], "iterations": ITERATIONS[method],
+                      "validation_dice": json.load(open(summary))["foreground_mean"]["Dice"]}
+            timing = os.path.join(fold, "study_training_time.json")
+            if os.path.isfile(timing):
+                record["training_seconds"] = round(json.load(open(timing))["seconds"])
+            choice = read_ensemble_choice(os.path.dirname(fold), stock) if method != "stock" else None
+            if choice is not None:
+                record["ensemble_choice"] = choice
+            models.setdefault(method, {})[str(replicate)] = record
+    with open(path, "w") as f:
+        json.dump(models, f, indent=1, sort_keys=True)
     return path
 
 
@@ -218,6 +262,8 @@ def main() -> None:
                                             "budget_curve"), default="all")
     parser.add_argument("--replicates", type=int, default=None, help="default: 2 for hc18, 3 for hippocampus")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"comma-separated subset of {', '.join(METHODS)} to train (default: all)")
     args = parser.parse_args()
     spec = {**DATASETS[args.dataset], "key": args.dataset}
     replicates = args.replicates or (2 if args.dataset == "hc18" else 3)
@@ -228,7 +274,7 @@ def main() -> None:
     if "prepare" in stages:
         prepare(spec, work)
     if "train" in stages:
-        train(spec, work, replicates, args.device)
+        train(spec, work, replicates, args.device, tuple(args.methods.split(",")))
     if "choose" in stages:
         choose_ensembles(spec, work, replicates)
     if "predict" in stages:
@@ -237,7 +283,7 @@ def main() -> None:
         evaluate(spec, work, replicates)
     if "report" in stages:
         from evidence_report import write_evidence
-        write_evidence(spec, work, replicates)
+        write_evidence(spec)
     if "budget_curve" in stages:
         budget_curve(spec, work, args.device)
     log(f"done in {time.time() - started:.0f} s")
