@@ -64,17 +64,33 @@ def dataset_json(num_classes: int = 3, **extra) -> dict:
             "numTraining": 4, "file_ending": ".nii.gz", **extra}
 
 
-def make_trainer(trainer_class, dim: int = 2, num_classes: int = 3, deep_supervision: bool = True, **plans_kwargs):
+def region_dataset_json() -> dict:
+    """Two nested regions as in BraTS: 'whole' = labels {1, 2}, 'core' = label {2}, painted in that order."""
+    return dataset_json(labels={"background": 0, "whole": [1, 2], "core": 2}, regions_class_order=[1, 2])
+
+
+def ignore_dataset_json(num_classes: int = 3) -> dict:
+    """``num_classes`` classes and nnU-Net's ignore label, id ``num_classes`` (the highest)."""
+    labels = {"background": 0, **{f"c{k}": k for k in range(1, num_classes)}, "ignore": num_classes}
+    return dataset_json(labels=labels)
+
+
+def make_trainer(trainer_class, dim: int = 2, num_classes: int = 3, deep_supervision: bool = True,
+                 labels_json: dict | None = None, **plans_kwargs):
     """A trainer with network, optimiser and loss set up as ``initialize()`` would, on CPU, without data.
-    Needs the nnU-Net folder environment variables (see the ``nnunet_env`` fixture)."""
+    ``labels_json``: the dataset.json (default: ``num_classes`` exclusive classes). Needs the nnU-Net folder
+    environment variables (see the ``nnunet_env`` fixture)."""
     plans = tiny_plans(dim, **plans_kwargs)
     plans["continue_training"] = False
     configuration = next(iter(plans["configurations"]))
-    trainer = trainer_class(plans, configuration, 0, dataset_json(num_classes), torch.device("cpu"))
+    trainer = trainer_class(plans, configuration, 0, labels_json or dataset_json(num_classes), torch.device("cpu"))
     trainer.enable_deep_supervision = deep_supervision
     trainer.num_input_channels = 1
     trainer.network = trainer.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 1,
-                                                         num_classes, deep_supervision)
+                                                         trainer.label_manager.num_segmentation_heads,
+                                                         deep_supervision)
+    if hasattr(trainer, "record_label_space"):  # what the diffusion trainers' initialize() adds
+        trainer.record_label_space(trainer.network)
     trainer.optimizer, trainer.lr_scheduler = trainer.configure_optimizers()
     trainer.loss = trainer._build_loss()
     trainer.was_initialized = True
@@ -82,12 +98,18 @@ def make_trainer(trainer_class, dim: int = 2, num_classes: int = 3, deep_supervi
 
 
 def random_batch(trainer, batch_size: int = 2, seed: int = 0) -> dict:
-    """A batch as nnU-Net's loader gives it: data (B, 1, *patch), target list per deep-supervision scale."""
+    """A batch as nnU-Net's loader gives it: data (B, 1, *patch), target list per deep-supervision scale. Targets
+    are label ids (B, 1, *patch), the ignore label included if the dataset has one, or nnU-Net's region target
+    (B, R, *patch) in {0, 1} for region datasets."""
     generator = torch.Generator().manual_seed(seed)
     patch = trainer.configuration_manager.patch_size
-    num_classes = trainer.label_manager.num_segmentation_heads
-    labels = torch.randint(0, num_classes, (batch_size, 1, *patch), generator=generator).float()
+    manager = trainer.label_manager
+    num_values = manager.num_segmentation_heads + manager.has_ignore_label if not manager.has_regions else 3
+    labels = torch.randint(0, num_values, (batch_size, 1, *patch), generator=generator).float()
     data = torch.randn((batch_size, 1, *patch), generator=generator) + labels
+    if manager.has_regions:  # nnU-Net's ConvertSegmentationToRegionsTransform of labels {0, 1, 2}
+        labels = torch.cat([torch.isin(labels, torch.tensor(region, dtype=labels.dtype)).float()
+                            for region in manager.foreground_regions], dim=1)
     if not trainer.enable_deep_supervision:
         return {"data": data, "target": labels}
     targets = [labels]

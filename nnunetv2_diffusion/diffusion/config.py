@@ -26,6 +26,9 @@ class DiffusionConfig:
     strategy: how the model was trained (one of :data:`STRATEGIES`); a record for whoever loads the checkpoint,
         inference does not depend on it.
     conditioning: one of :data:`CONDITIONINGS`; checkpoints written before the field existed are 'stage'.
+    regions: the C mask channels are nnU-Net regions (binary, may overlap; a sigmoid each) rather than exclusive
+        classes (one softmax). A property of the dataset, not the trainer class: the trainer sets it when it builds
+        the network, so inference finds it in the checkpoint.
     """
 
     num_timesteps: int = 5
@@ -36,6 +39,7 @@ class DiffusionConfig:
     self_conditioning: bool = False
     strategy: str = "standard"
     conditioning: str = "stage"
+    regions: bool = False
 
     def __post_init__(self):
         if self.num_timesteps < 2:

@@ -33,13 +33,13 @@ def reverse_process(denoise_x0: DenoiseFn, x_t: torch.Tensor, sampler, *, genera
 
 
 def sample_probabilities(denoise: DenoiseFn, shape: tuple, sampler, *, device=None,
-                         generator: torch.Generator | None = None) -> torch.Tensor:
+                         generator: torch.Generator | None = None, regions: bool = False) -> torch.Tensor:
     """x_T ~ N(0, I) of ``shape`` from ``generator`` (drawn on the generator's device, as diffusers does), then
-    :func:`reverse_process` with x0_hat = 2 softmax(denoise logits) - 1.
+    :func:`reverse_process` with x0_hat = 2 softmax(denoise logits) - 1 (2 sigmoid - 1 per channel for regions).
 
-    Returns the last step's class probabilities (B, C, *spatial) float32 in [0, 1].
+    Returns the last step's class (region) probabilities (B, C, *spatial) float32 in [0, 1].
     """
     x_t = torch.randn(shape, generator=generator, device=generator.device if generator else device).to(device)
-    x0_hat = reverse_process(lambda x, t, previous: x0_from_logits(denoise(x, t, previous)), x_t, sampler,
+    x0_hat = reverse_process(lambda x, t, previous: x0_from_logits(denoise(x, t, previous), regions), x_t, sampler,
                              generator=generator)
     return probabilities_from_x0(x0_hat)

@@ -4,7 +4,8 @@ Both models' final validation (``nnUNetv2_train ... --npz``, or ``--val --npz`` 
 ``fold_X/validation/<case>.npz`` of probabilities per validation case, exported into the case's original geometry.
 Both models preprocess alike (the predictor refuses an ensemble partner that does not), so the two files of a case
 are the same grid: the ensemble ``(1 - w) p_diffusion + w p_stock`` is formed there for every w of a grid, segmented
-by argmax, and scored with the Dice of every foreground label against nnU-Net's ``gt_segmentations``. The best w
+as nnU-Net's export does (argmax; regions thresholded at 0.5), and scored with the Dice of every foreground label
+(region) against nnU-Net's ``gt_segmentations``, ignore-label voxels left out. The best w
 (ties: the one nearest 0.5) is written to ``<diffusion model folder>/ensemble_choice.json`` under the stock model's
 folder, and ``nnUNetv2_predict_diffusion --ensemble_with <that folder>`` without ``--ensemble_weight`` uses it.
 
@@ -43,11 +44,17 @@ def read_ensemble_choice(model_folder: str, stock_folder: str) -> dict | None:
     return read_json_file(path).get(_key(stock_folder))
 
 
-def foreground_dice(segmentation: np.ndarray, reference: np.ndarray, labels: list[int]) -> np.ndarray:
-    """Dice of each label (nnU-Net's convention: NaN where both masks are empty), float64 (len(labels),)."""
+def foreground_dice(segmentation: np.ndarray, reference: np.ndarray, labels: list, ignore_label: int | None = None
+                    ) -> np.ndarray:
+    """Dice of each label or region (a tuple of label ids) in nnU-Net's convention: NaN where both masks are empty,
+    voxels of ``ignore_label`` in the reference left out. float64 (len(labels),)."""
+    from nnunetv2.evaluation.evaluate_predictions import region_or_label_to_mask
+
+    valid = np.ones(reference.shape, dtype=bool) if ignore_label is None else reference != ignore_label
     dice = np.full(len(labels), np.nan)
     for index, label in enumerate(labels):
-        predicted, true = segmentation == label, reference == label
+        predicted = region_or_label_to_mask(segmentation, label) & valid
+        true = region_or_label_to_mask(reference, label) & valid
         total = predicted.sum() + true.sum()
         if total:
             dice[index] = 2 * np.logical_and(predicted, true).sum() / total
@@ -55,11 +62,14 @@ def foreground_dice(segmentation: np.ndarray, reference: np.ndarray, labels: lis
 
 
 def validation_dice_by_weight(diffusion_files: list[str], stock_files: list[str], references: list[np.ndarray],
-                              labels: list[int], weights=WEIGHTS) -> dict[float, float]:
-    """Mean over labels of the per-label mean (over cases, NaN ignored) Dice of the ensemble at every weight.
+                              label_manager, weights=WEIGHTS) -> dict[float, float]:
+    """Mean over labels (regions) of the per-label mean (over cases, NaN ignored) Dice of the ensemble at every
+    weight, each ensemble segmented as nnU-Net's export does (argmax, or regions thresholded at 0.5 and painted in
+    ``regions_class_order``).
 
     diffusion_files, stock_files: ``.npz`` with 'probabilities' (C, *spatial) per case, in the same order as
-    ``references`` (label maps (*spatial) or (1, *spatial)); labels: the foreground ids, class index = id."""
+    ``references`` (label maps (*spatial) or (1, *spatial)); label_manager: nnU-Net's, of the dataset."""
+    labels = label_manager.foreground_regions if label_manager.has_regions else label_manager.foreground_labels
     scores = {w: [] for w in weights}
     for diffusion_file, stock_file, reference in zip(diffusion_files, stock_files, references, strict=True):
         p_diffusion = np.load(diffusion_file)["probabilities"].astype(np.float32)
@@ -69,8 +79,8 @@ def validation_dice_by_weight(diffusion_files: list[str], stock_files: list[str]
                                           f"{p_diffusion.shape} vs {p_stock.shape}: not the same preprocessing")
         reference = reference.reshape(p_diffusion.shape[1:])
         for w in weights:
-            segmentation = ((1 - w) * p_diffusion + w * p_stock).argmax(0)
-            scores[w].append(foreground_dice(segmentation, reference, labels))
+            segmentation = label_manager.convert_probabilities_to_segmentation((1 - w) * p_diffusion + w * p_stock)
+            scores[w].append(foreground_dice(np.asarray(segmentation), reference, labels, label_manager.ignore_label))
     return {w: float(np.nanmean(np.nanmean(np.stack(s), axis=0))) for w, s in scores.items()}
 
 
@@ -113,8 +123,8 @@ def choose_ensemble_weight(model_folder: str, stock_folder: str, folds: list, gt
             raise DiffusionPredictorError(f"reference segmentation {path} does not exist (set nnUNet_preprocessed or "
                                           f"pass --gt_folder)")
         references.append(reader.read_seg(path)[0])
-    labels = sorted(v for k, v in dataset_json["labels"].items() if k not in ("background", "ignore"))
-    dice = validation_dice_by_weight([diffusion[c] for c in cases], [stock[c] for c in cases], references, labels)
+    dice = validation_dice_by_weight([diffusion[c] for c in cases], [stock[c] for c in cases], references,
+                                     plans.get_label_manager(dataset_json))
     record = {"weight": best_weight(dice), "folds": folds, "validation_cases": len(cases),
               "validation_dice_by_weight": {str(w): d for w, d in dice.items()},
               "diffusion_alone": dice[0.0], "stock_alone": dice[1.0]}

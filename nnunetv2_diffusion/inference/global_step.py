@@ -33,6 +33,7 @@ class StepDenoiser(nn.Module):
         self.num_image_channels = diffusion_network.num_image_channels
         self.num_classes = diffusion_network.num_classes
         self.self_conditioning = diffusion_network.config.self_conditioning
+        self.regions = diffusion_network.config.regions
         self.tau_value = diffusion_network.tau
         self.autocast_device = autocast_device
         self.timestep: int | None = None
@@ -48,9 +49,11 @@ class StepDenoiser(nn.Module):
         return highest_resolution(logits).float()
 
 
-def x0_from_logits_in_place(logits: torch.Tensor) -> torch.Tensor:
+def x0_from_logits_in_place(logits: torch.Tensor, regions: bool = False) -> torch.Tensor:
     """``mask_encoding.x0_from_logits`` for one case (C, *spatial) float32, overwriting the logits:
-    2 softmax(logits) - 1 over the channel axis."""
+    2 softmax(logits) - 1 over the channel axis, or 2 sigmoid(logits) - 1 per channel for regions."""
+    if regions:
+        return logits.sigmoid_().mul_(2).sub_(1)
     logits.sub_(logits.amax(0, keepdim=True)).exp_()
     return logits.div_(logits.sum(0, keepdim=True)).mul_(2).sub_(1)
 
@@ -126,5 +129,5 @@ class WholeCaseDenoiser:
             tile = torch.cat(parts)[None].to(self.tile_device, non_blocking=True)
             prediction = self.predict_tile(tile)[0].to(x0.device)
             x0[0][slicer] += prediction.mul_(self.gaussian)
-        x0_from_logits_in_place(x0[0].div_(self.weights))
+        x0_from_logits_in_place(x0[0].div_(self.weights), self.denoiser.regions)
         return x0

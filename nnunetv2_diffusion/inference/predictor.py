@@ -6,8 +6,9 @@ mirroring) predicts x0 logits over the whole case from the image and the current
 DDPM/DDIM update moves the whole-case x_t to the next timestep (``inference/global_step.py``). Tiles therefore share
 one noise field and agree at every step, and one step costs about one stock nnU-Net prediction.
 
-The result goes back to nnU-Net as log-probabilities in place of its logits: nnU-Net's export applies softmax, and
-softmax(log p) = p, so resampling, export, ``--save_probabilities`` and ``nnUNetv2_ensemble`` work unchanged.
+The result goes back to nnU-Net as "logits" its inference nonlinearity maps back to the probabilities (log p for
+softmax, logit p for the sigmoid of region labels: ``mask_encoding.export_logits``), so resampling, export, region
+handling, ``--save_probabilities`` and ``nnUNetv2_ensemble`` work unchanged.
 
 Compared with the stock predictor: folds are averaged as probabilities (not logits); accumulation is float32 (stock:
 float16) and the whole-case state (x_t and one logits buffer) is updated in place; exports are written under
@@ -36,7 +37,7 @@ from tqdm import tqdm
 
 from nnunetv2_diffusion import __version__
 from nnunetv2_diffusion.diffusion.config import DiffusionConfig
-from nnunetv2_diffusion.diffusion.mask_encoding import entropy, log_probabilities, probabilities_from_x0
+from nnunetv2_diffusion.diffusion.mask_encoding import entropy, export_logits, probabilities_from_x0
 from nnunetv2_diffusion.diffusion.sampling_loop import reverse_process
 from nnunetv2_diffusion.diffusion.seeding import content_seed
 from nnunetv2_diffusion.inference.ensemble_choice import DEFAULT_ENSEMBLE_WEIGHT, read_ensemble_choice
@@ -157,11 +158,21 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
         if not isinstance(unwrap_network(self.network), DiffusionSegmentationUNet):
             raise DiffusionPredictorError(f"{source}: the network is a {type(unwrap_network(self.network)).__name__}, "
                                           f"not a diffusion network (no diffusion settings)")
+        if self.regions != self.label_manager.has_regions:
+            raise DiffusionPredictorError(
+                f"{source}: the network was trained on {'regions' if self.regions else 'exclusive labels'}, but the "
+                f"dataset.json it came with {'defines' if self.label_manager.has_regions else 'has no'} "
+                f"regions_class_order; use the dataset.json of the training run")
         self.sampler = self._make_sampler(source)
 
     @property
     def diffusion_network(self) -> DiffusionSegmentationUNet:
         return unwrap_network(self.network)
+
+    @property
+    def regions(self) -> bool:
+        """Whether the mask channels are nnU-Net regions (sigmoid each) rather than exclusive classes (softmax)."""
+        return self.diffusion_network.config.regions
 
     def _make_sampler(self, source: str):
         try:
@@ -220,7 +231,7 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
                         p, p_steps = self._sample(data, self.case_seed(data, fold_index, sample_index), progress)
                         probabilities = p if probabilities is None else probabilities.add_(p)
                         if self.num_samples > 1:  # the mean entropy of the samples, for the mutual information
-                            h = entropy(p)
+                            h = entropy(p, self.regions)
                             expected_entropy = h if expected_entropy is None else expected_entropy.add_(h)
                         if p_steps is not None and steps is None:
                             steps = p_steps
@@ -232,7 +243,8 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
                 steps = [s.div_(count) for s in steps]
             mutual_information = None
             if expected_entropy is not None:  # >= 0 up to rounding: entropy is concave
-                mutual_information = (entropy(probabilities) - expected_entropy.div_(count)).clamp_min_(0)
+                mutual_information = (entropy(probabilities, self.regions)
+                                      - expected_entropy.div_(count)).clamp_min_(0)
             if self.ensemble_predictor is not None and self.ensemble_weight > 0:
                 stock_logits = self.ensemble_predictor.predict_logits_from_preprocessed_data(data)
                 stock = self.label_manager.apply_inference_nonlin(stock_logits).cpu()
@@ -243,7 +255,7 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
 
     def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
         """nnU-Net's per-case entry (also used by ``predict_single_npy_array`` and friends): log-probabilities."""
-        return log_probabilities(self.predict_case(data).probabilities)
+        return export_logits(self.predict_case(data).probabilities, self.regions)
 
     @torch.inference_mode()
     def predict_sliding_window_return_logits(self, input_image: torch.Tensor) -> torch.Tensor:
@@ -253,7 +265,7 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
         for sample_index in range(self.num_samples):
             p, _ = self._sample(input_image, self.case_seed(input_image, 0, sample_index), None)
             probabilities = p if probabilities is None else probabilities.add_(p)
-        return log_probabilities(probabilities / self.num_samples)
+        return export_logits(probabilities / self.num_samples, self.regions)
 
     def _sample(self, data: torch.Tensor, seed: int | None, progress) -> tuple[torch.Tensor, list | None]:
         """One reverse process over the whole case with the loaded weights; results on the CPU. Runs with the
@@ -456,13 +468,13 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
                 print(f"\nPredicting {os.path.basename(ofile) if ofile else f'image of shape {tuple(data.shape)}'}")
                 jobs.wait_for_capacity()
                 case = self.predict_case(torch.as_tensor(data))
-                log_p = log_probabilities(case.probabilities).numpy()
+                logits = export_logits(case.probabilities, self.regions).numpy()
                 if ofile is None:
                     returned.append(jobs.submit(convert_predicted_logits_to_segmentation_with_correct_shape,
-                                                (log_p, self.plans_manager, self.configuration_manager,
+                                                (logits, self.plans_manager, self.configuration_manager,
                                                  self.label_manager, properties, save_probabilities)))
                 else:
-                    returned.append(self._submit_exports(jobs, case, log_p, properties, ofile, save_probabilities,
+                    returned.append(self._submit_exports(jobs, case, logits, properties, ofile, save_probabilities,
                                                          uncertainty_folders))
             jobs.wait_for_all()
             results = [jobs.result(job) for job in returned]
@@ -474,7 +486,7 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
         empty_cache(self.device)
         return results
 
-    def _submit_exports(self, jobs: ExportJobs, case: CasePrediction, log_p: np.ndarray, properties: dict,
+    def _submit_exports(self, jobs: ExportJobs, case: CasePrediction, logits: np.ndarray, properties: dict,
                         ofile: str, save_probabilities: bool, uncertainty_folders: set):
         """Queues the files of one case: the segmentation (its job is returned), the uncertainty maps and scores with
         K > 1 samples (adding their folder to ``uncertainty_folders``), the per-step segmentations with
@@ -482,17 +494,17 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
         folder, name = os.path.dirname(os.path.abspath(ofile)), os.path.basename(ofile)
         jobs.add_folder(folder)
         common = (properties, self.configuration_manager, self.plans_manager, self.dataset_json)
-        segmentation = jobs.submit(export_prediction_atomically, (log_p, *common, ofile, save_probabilities))
+        segmentation = jobs.submit(export_prediction_atomically, (logits, *common, ofile, save_probabilities))
         if self.num_samples > 1:
             os.makedirs(join(folder, UNCERTAINTY_FOLDER), exist_ok=True)
             jobs.add_folder(join(folder, UNCERTAINTY_FOLDER))
-            jobs.submit(export_uncertainty_maps, (log_p, case.mutual_information.numpy(), *common,
+            jobs.submit(export_uncertainty_maps, (logits, case.mutual_information.numpy(), *common,
                                                   join(folder, UNCERTAINTY_FOLDER, name)))
             uncertainty_folders.add(join(folder, UNCERTAINTY_FOLDER))
         if case.step_probabilities is not None:
             os.makedirs(join(folder, STEPS_FOLDER), exist_ok=True)
             jobs.add_folder(join(folder, STEPS_FOLDER))
             for k, step in enumerate(case.step_probabilities, start=1):
-                jobs.submit(export_prediction_atomically, (log_probabilities(step).numpy(), *common,
+                jobs.submit(export_prediction_atomically, (export_logits(step, self.regions).numpy(), *common,
                                                            join(folder, STEPS_FOLDER, f"{name}_step{k}"), False))
         return segmentation

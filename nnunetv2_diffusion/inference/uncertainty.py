@@ -8,6 +8,8 @@ Maps, in nats, in the input image's geometry (``<output>/uncertainty/``):
   samples (K per fold): the part of the uncertainty that comes from the samples disagreeing. Mirrors and tiles are
   averaged inside each sample, so they do not add to it; the stock model of an ensemble does not enter it.
 
+For region labels the entropy is the sum over regions of each region's binary entropy.
+
 Case-level score of class k (``uncertainty_per_case.csv``): 1 - soft Dice between the exported segmentation's mask of
 k and the exported probability of k, ``1 - 2 sum(s_k p_k) / (sum s_k + sum p_k)``: 0 when every voxel of the mask is
 certain and none outside it has any probability of k, larger the more probability mass disagrees with the mask. It is
@@ -30,10 +32,10 @@ UNCERTAINTY_TABLE = "uncertainty_per_case.csv"
 SCORES_SUFFIX = "_scores.json"
 
 
-def entropy_of_probabilities(probabilities: np.ndarray) -> np.ndarray:
-    """probabilities: (C, *spatial) summing to 1 over C -> per-voxel entropy -sum_c p log p in nats, float32 in
-    [0, log C] (0 log 0 = 0): :func:`diffusion.mask_encoding.entropy` in float64 for numpy arrays."""
-    return entropy(torch.from_numpy(np.asarray(probabilities, dtype=np.float64))).float().numpy()
+def entropy_of_probabilities(probabilities: np.ndarray, regions: bool = False) -> np.ndarray:
+    """probabilities: (C, *spatial) summing to 1 over C (or R region probabilities) -> per-voxel entropy in nats,
+    float32 (0 log 0 = 0): :func:`diffusion.mask_encoding.entropy` in float64 for numpy arrays."""
+    return entropy(torch.from_numpy(np.asarray(probabilities, dtype=np.float64)), regions).float().numpy()
 
 
 def map_to_input_geometry(values: np.ndarray, properties: dict, configuration_manager, plans_manager) -> np.ndarray:
@@ -51,39 +53,44 @@ def map_to_input_geometry(values: np.ndarray, properties: dict, configuration_ma
     return np.asarray(full).transpose(plans_manager.transpose_backward)
 
 
-def case_scores(segmentation: np.ndarray, probabilities: np.ndarray, labels: dict, voxel_volume: float) -> dict:
-    """The CSV columns of one case: per foreground label, the predicted volume (in the image's spacing units cubed,
-    mm^3 for medical images) and the score of the module docstring."""
+def case_scores(segmentation: np.ndarray, probabilities: np.ndarray, labels: dict, voxel_volume: float,
+                regions: bool = False) -> dict:
+    """The CSV columns of one case: per foreground label (or region), the predicted volume (in the image's spacing
+    units cubed, mm^3 for medical images) and the score of the module docstring.
+
+    labels: dataset.json 'labels'; probabilities: (C, *spatial) with channel = label id, or (R, *spatial) in the
+    order of the regions in ``labels``, each region's mask being its probability > 0.5 as in nnU-Net's export."""
     row = {}
-    for name, label in labels.items():
-        if name == "background":
-            continue
-        mask = segmentation == label
-        p = probabilities[label].astype(np.float64)
+    foreground = [(name, label) for name, label in labels.items() if name not in ("background", "ignore")]
+    for channel, (name, label) in enumerate(foreground):
+        p = probabilities[channel if regions else label].astype(np.float64)
+        mask = p > 0.5 if regions else segmentation == label
         total = mask.sum() + p.sum()
         row[f"{name}_volume"] = float(mask.sum() * voxel_volume)
         row[f"{name}_uncertainty"] = float(1 - 2 * p[mask].sum() / total) if total else float("nan")
     return row
 
 
-def export_uncertainty_maps(log_probabilities: np.ndarray, mutual_information: np.ndarray, properties: dict,
+def export_uncertainty_maps(logits: np.ndarray, mutual_information: np.ndarray, properties: dict,
                             configuration_manager, plans_manager, dataset_json: dict,
                             output_file_truncated: str) -> dict:
     """Writes ``<output>_entropy`` and ``<output>_mutual_information`` (maps of the module docstring) and the case's
-    CSV row as ``<output>_scores.json``; returns the row. log_probabilities: (C, *preprocessed) as handed to
-    nnU-Net's export; mutual_information: (*preprocessed) float32. Runs in nnU-Net's export workers (module-level,
-    picklable arguments)."""
+    CSV row as ``<output>_scores.json``; returns the row. logits: (C, *preprocessed) as handed to nnU-Net's export
+    (``mask_encoding.export_logits``); mutual_information: (*preprocessed) float32. Runs in nnU-Net's export workers
+    (module-level, picklable arguments)."""
     label_manager = plans_manager.get_label_manager(dataset_json)
     segmentation, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
-        log_probabilities, plans_manager, configuration_manager, label_manager, properties, return_probabilities=True)
+        logits, plans_manager, configuration_manager, label_manager, properties, return_probabilities=True)
     writer = plans_manager.image_reader_writer_class()
     ending = dataset_json["file_ending"]
-    write_float_image(entropy_of_probabilities(probabilities), f"{output_file_truncated}_entropy", ending, properties,
-                      writer)
+    regions = label_manager.has_regions
+    write_float_image(entropy_of_probabilities(probabilities, regions), f"{output_file_truncated}_entropy", ending,
+                      properties, writer)
     write_float_image(map_to_input_geometry(mutual_information, properties, configuration_manager, plans_manager),
                       f"{output_file_truncated}_mutual_information", ending, properties, writer)
     row = {"case": os.path.basename(output_file_truncated),
-           **case_scores(segmentation, probabilities, dataset_json["labels"], float(np.prod(properties["spacing"])))}
+           **case_scores(segmentation, probabilities, dataset_json["labels"], float(np.prod(properties["spacing"])),
+                        regions)}
     temporary = partial_name(output_file_truncated) + ".json"
     with open(temporary, "w") as f:
         json.dump(row, f)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from nnunetv2_diffusion.diffusion.config import DiffusionConfig
-from nnunetv2_diffusion.diffusion.mask_encoding import log_probabilities, network_mask_input
+from nnunetv2_diffusion.diffusion.mask_encoding import export_logits, network_mask_input
 from nnunetv2_diffusion.diffusion.samplers import make_sampler
 from nnunetv2_diffusion.diffusion.sampling_loop import sample_probabilities
 from nnunetv2_diffusion.diffusion.schedules import make_alphas_cumprod, timestep_to_tau
@@ -70,7 +70,8 @@ class DiffusionSegmentationUNet(nn.Module):
       - ``net(image, noisy_mask, tau[, x0_previous])``: denoising logits (B, C, *spatial), a list of
         deep-supervision outputs (highest resolution first) when the decoder's deep supervision is on.
       - ``net(image)``: the full reverse process with the stored default sampler, its noise seeded from the tile's
-        content (:data:`TILE_SEED`); returns log-probabilities (B, C, *spatial). This is what stock
+        content (:data:`TILE_SEED`); returns the "logits" whose inference nonlinearity (softmax, or sigmoid for
+        regions) gives the sampled probabilities (:func:`export_logits`), (B, C, *spatial). This is what stock
         ``nnUNetPredictor`` calls per tile, so stock ``nnUNetv2_predict`` works unchanged and repeats exactly.
 
     The diffusion settings (:class:`DiffusionConfig`) travel in the state dict as extra state, so a checkpoint
@@ -128,7 +129,7 @@ class DiffusionSegmentationUNet(nn.Module):
                 x0_previous: torch.Tensor | None = None):
         if noisy_mask is None:  # stock nnU-Net's per-tile call: noise seeded from the tile, so runs repeat exactly
             generator = torch.Generator().manual_seed(content_seed(image, TILE_SEED))
-            return log_probabilities(self.sample(image, generator=generator))
+            return export_logits(self.sample(image, generator=generator), self.config.regions)
         return self.denoise(image, noisy_mask, tau, x0_previous)
 
     def denoise(self, image: torch.Tensor, noisy_mask: torch.Tensor, tau: torch.Tensor,
@@ -168,7 +169,8 @@ class DiffusionSegmentationUNet(nn.Module):
             return highest_resolution(self.denoise(image, x_t, self.tau(t, image.shape[0], image.device), x0_previous))
 
         shape = (image.shape[0], self.num_classes, *image.shape[2:])
-        return sample_probabilities(denoise, shape, sampler, device=image.device, generator=generator)
+        return sample_probabilities(denoise, shape, sampler, device=image.device, generator=generator,
+                                    regions=self.config.regions)
 
     def get_extra_state(self) -> dict:
         return self.config.to_dict()

@@ -1,5 +1,6 @@
 """Standard diffusion segmentation training inside nnU-Net's pipeline (docs/design.md, "Training strategies")."""
 
+from dataclasses import replace
 from typing import NamedTuple
 
 import torch
@@ -12,11 +13,11 @@ from torch import autocast
 
 from nnunetv2_diffusion.diffusion.config import DiffusionConfig
 from nnunetv2_diffusion.diffusion.gaussian_diffusion import GaussianDiffusion
-from nnunetv2_diffusion.diffusion.mask_encoding import labels_to_x0, x0_from_logits
+from nnunetv2_diffusion.diffusion.mask_encoding import labels_to_x0, regions_to_x0, x0_from_logits
 from nnunetv2_diffusion.diffusion.schedules import timestep_to_tau
 from nnunetv2_diffusion.diffusion.timestep_samplers import TIMESTEP_SAMPLERS, make_timestep_sampler
 from nnunetv2_diffusion.networks.build import build_diffusion_network
-from nnunetv2_diffusion.networks.wrappers import highest_resolution
+from nnunetv2_diffusion.networks.wrappers import highest_resolution, unwrap_network
 from nnunetv2_diffusion.training.batch_checks import check_training_batch
 from nnunetv2_diffusion.training.checkpointing import SafeCheckpointMixin
 from nnunetv2_diffusion.training.dice_focal_loss import DiceFocalLoss
@@ -108,12 +109,22 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
 
     @classmethod
     def _check_supported_labels(cls, label_manager) -> None:
-        if label_manager.has_regions:
-            raise ValueError(f"{cls.__name__} does not support region-based labels yet (dataset.json defines "
-                             f"'regions_class_order'); train with exclusive labels or use the stock nnUNetTrainer.")
-        if label_manager.has_ignore_label:
-            raise ValueError(f"{cls.__name__} does not support an 'ignore' label yet (dataset.json labels); remove it "
-                             f"or use the stock nnUNetTrainer.")
+        if label_manager.has_regions and label_manager.has_ignore_label:
+            raise ValueError(f"{cls.__name__} does not support region-based labels together with an 'ignore' label "
+                             f"(dataset.json); use one of the two, or the stock nnUNetTrainer.")
+        if cls.segmentation_loss == "dice_focal" and (label_manager.has_regions or label_manager.has_ignore_label):
+            raise ValueError(f"{cls.__name__}: the 'dice_focal' loss is written for exclusive labels without an "
+                             f"ignore label; dataset.json defines {'regions' if label_manager.has_regions else 'one'}"
+                             f". Use the 'dice_ce' variant (nnU-Net's loss handles both).")
+
+    def initialize(self):
+        super().initialize()
+        self.record_label_space(unwrap_network(self.network))
+
+    def record_label_space(self, network) -> None:
+        """Stores in the network's diffusion settings whether its mask channels are regions, so the checkpoint
+        tells inference (stock nnUNetv2_predict included) to use sigmoids rather than a softmax."""
+        network.config = replace(network.config, regions=self.label_manager.has_regions)
 
     @classmethod
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager, num_input_channels: int,
@@ -150,15 +161,21 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
         return timestep_to_tau(t, self.num_diffusion_timesteps)
 
     def ground_truth_x0(self, target) -> torch.Tensor:
-        """Full-resolution target (B, 1, *spatial) label ids -> x0 (B, C, *spatial) in {-1, 1}."""
-        return labels_to_x0(highest_resolution(target), self.label_manager.num_segmentation_heads)
+        """Full-resolution target -> x0 (B, C, *spatial) in {-1, 1}: from label ids (B, 1, *spatial), 0 at voxels of
+        the ignore label (no information: the loss leaves them out, and no noisy mask may pretend to know them), or
+        from nnU-Net's region target (B, R, *spatial) in {0, 1}."""
+        labels = highest_resolution(target)
+        if self.label_manager.has_regions:
+            return regions_to_x0(labels)
+        return labels_to_x0(labels, self.label_manager.num_segmentation_heads, self.label_manager.ignore_label)
 
     @torch.no_grad()
     def predict_x0_without_grad(self, data: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """First pass of the two-pass strategies: x0_hat = 2 softmax(net(I, x_t, t)) - 1 of the full-resolution
-        output, (B, C, *patch) in [-1, 1], kept soft, no gradient (estimate channels, if any, zero)."""
+        """First pass of the two-pass strategies: x0_hat = 2 softmax(net(I, x_t, t)) - 1 (2 sigmoid - 1 for regions)
+        of the full-resolution output, (B, C, *patch) in [-1, 1], kept soft, no gradient (estimate channels, if any,
+        zero)."""
         output = self.network(data, x_t, self.tau(t))
-        return x0_from_logits(highest_resolution(output))
+        return x0_from_logits(highest_resolution(output), self.label_manager.has_regions)
 
     def diffusion_forward(self, data: torch.Tensor, target) -> DiffusionStepOutput:
         """Standard diffusion: t ~ U{0..T-1}, x_t = q_sample(x0_gt, t, eps), one forward with gradient.
@@ -205,12 +222,19 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
         """The batch's image and target(s) on the training device, after :func:`check_training_batch`."""
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
-        check_training_batch(data, highest_resolution(target),
-                             self.label_manager.num_segmentation_heads, batch.get("keys"),
+        check_training_batch(data, highest_resolution(target), self.num_target_values, batch.get("keys"),
                              self.preprocessed_dataset_folder)
         if isinstance(target, list):
             return data, [t.to(self.device, non_blocking=True) for t in target]
         return data, target.to(self.device, non_blocking=True)
+
+    @property
+    def num_target_values(self) -> int:
+        """Valid target values are 0 .. this - 1: the class ids (and the ignore label, the highest id), or 0 and 1
+        in each channel of a region target."""
+        if self.label_manager.has_regions:
+            return 2
+        return self.label_manager.num_segmentation_heads + self.label_manager.has_ignore_label
 
     def train_step(self, batch: dict) -> dict:
         data, target = self._batch_to_device(batch)
@@ -244,7 +268,8 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
 
     # ------------------------------------------------------------------ per-epoch pseudo validation
     def validation_step(self, batch: dict) -> dict:
-        """Pseudo-Dice of a one-step prediction from pure noise at t = T-1 (the hardest input; cheap).
+        """Pseudo-Dice of a one-step prediction from pure noise at t = T-1 (the hardest input; cheap), counted as the
+        stock trainer counts it (argmax, or regions above 0.5; ignore-label voxels left out).
         The true Dice comes from the final validation, which runs the full sampler."""
         data, target = self._batch_to_device(batch)
         labels = highest_resolution(target)
@@ -255,11 +280,19 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
             output = self.network(data, noise, self.tau(t_last))
             loss = self.loss(output, target)
         logits = highest_resolution(output)
-        prediction = torch.zeros_like(logits, dtype=torch.float16).scatter_(1, logits.argmax(1, keepdim=True), 1)
-        tp, fp, fn, _ = get_tp_fp_fn_tn(prediction, labels, axes=[0, *range(2, logits.ndim)])
-        # drop the background class, as the stock trainer does
-        return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp.detach().cpu().numpy()[1:],
-                "fp_hard": fp.detach().cpu().numpy()[1:], "fn_hard": fn.detach().cpu().numpy()[1:]}
+        if self.label_manager.has_regions:
+            prediction = (torch.sigmoid(logits) > 0.5).long()
+        else:
+            prediction = torch.zeros_like(logits, dtype=torch.float16).scatter_(1, logits.argmax(1, keepdim=True), 1)
+        mask = None
+        if self.label_manager.has_ignore_label:
+            mask = (labels != self.label_manager.ignore_label).float()
+            labels = labels.masked_fill(labels == self.label_manager.ignore_label, 0)
+        tp, fp, fn, _ = get_tp_fp_fn_tn(prediction, labels, axes=[0, *range(2, logits.ndim)], mask=mask)
+        tp, fp, fn = (x.detach().cpu().numpy() for x in (tp, fp, fn))
+        if not self.label_manager.has_regions:  # drop the background class, as the stock trainer does
+            tp, fp, fn = tp[1:], fp[1:], fn[1:]
+        return {"loss": loss.detach().cpu().numpy(), "tp_hard": tp, "fp_hard": fp, "fn_hard": fn}
 
     # ------------------------------------------------------------------ final validation
     def perform_actual_validation(self, save_probabilities: bool = False):

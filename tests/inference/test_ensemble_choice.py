@@ -9,6 +9,7 @@ import SimpleITK as sitk
 import torch
 from inference_fixtures import write_model_folder
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
 from nnunetv2_diffusion.inference.ensemble_choice import (
     CHOICE_FILE,
@@ -26,6 +27,29 @@ def test_foreground_dice_follows_nnunets_convention():
     reference = np.array([[0, 1, 1, 2]])
     np.testing.assert_allclose(foreground_dice(np.array([[0, 1, 0, 0]]), reference, [1, 2, 3]),
                                [2 / 3, 0.0, np.nan])
+
+
+def test_foreground_dice_of_regions_and_with_an_ignore_label():
+    reference = np.array([0, 1, 2, 2, 3])
+    segmentation = np.array([0, 2, 2, 1, 0])
+    # region (1, 2) is voxels {1, 2, 3} in both; region (2,) is {2, 3} in the reference, {1, 2} predicted
+    np.testing.assert_allclose(foreground_dice(segmentation, reference, [(1, 2), (2,)]), [1.0, 0.5])
+    # the last voxel is ignored (label 3): predicting 1 there costs nothing
+    reference, segmentation = np.array([0, 1, 1, 3]), np.array([0, 1, 1, 1])
+    np.testing.assert_allclose(foreground_dice(segmentation, reference, [1], ignore_label=3), [1.0])
+    np.testing.assert_allclose(foreground_dice(segmentation, reference, [1]), [0.8])
+
+
+def test_region_ensembles_are_segmented_as_nnunet_exports_them(tmp_path):
+    # regions (1, 2) and (2,), painted in regions_class_order (1, 2): a voxel above 0.5 in both is label 2
+    manager = LabelManager({"background": 0, "outer": (1, 2), "inner": 2}, regions_class_order=[1, 2])
+    reference = np.array([0, 1, 2, 2])
+    right = np.array([[0.1, 0.9, 0.9, 0.9], [0.1, 0.1, 0.9, 0.9]])
+    wrong = np.array([[0.1, 0.9, 0.9, 0.9], [0.1, 0.9, 0.1, 0.1]])  # inner region misplaced
+    diffusion = [_write_probabilities(tmp_path / "d", "a", right)]
+    stock = [_write_probabilities(tmp_path / "s", "a", wrong)]
+    dice = validation_dice_by_weight(diffusion, stock, [reference], manager)
+    assert dice[0.0] == 1.0 and dice[1.0] == pytest.approx((1.0 + 0.0) / 2)
 
 
 def _write_probabilities(folder, name, probabilities):
@@ -48,7 +72,8 @@ def test_the_weight_is_where_the_two_models_complement_each_other(tmp_path):
                  _write_probabilities(tmp_path / "d", "b", confident(reference_b, 0.4))]
     stock = [_write_probabilities(tmp_path / "s", "a", confident(reference_a, 0.4)),
              _write_probabilities(tmp_path / "s", "b", confident(reference_b, 0.9))]
-    dice = validation_dice_by_weight(diffusion, stock, [reference_a, reference_b], [1])
+    dice = validation_dice_by_weight(diffusion, stock, [reference_a, reference_b],
+                                     LabelManager({"background": 0, "c1": 1}, None))
     assert dice[0.0] < 1 and dice[1.0] < 1
     assert {w for w, d in dice.items() if d == 1.0} == {w for w in dice if 0.2 < w < 0.8}
     assert best_weight(dice) == 0.5

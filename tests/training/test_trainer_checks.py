@@ -18,16 +18,11 @@ def _build(trainer_class, labels_json):
     return trainer_class(plans, "2d", 0, labels_json, torch.device("cpu"))
 
 
-def test_region_based_labels_are_refused_before_any_folder_is_created(nnunet_env):
-    regions = dataset_json(labels={"background": 0, "whole": [1, 2], "core": 2}, regions_class_order=[1, 2])
-    with pytest.raises(ValueError, match="region-based labels"):
-        _build(nnUNetTrainerDiffRecycle, regions)
+def test_regions_with_an_ignore_label_are_refused_before_any_folder_is_created(nnunet_env):
+    both = dataset_json(labels={"background": 0, "whole": [1, 2], "core": 2, "ignore": 3}, regions_class_order=[1, 2])
+    with pytest.raises(ValueError, match="region-based labels together with an 'ignore' label"):
+        _build(nnUNetTrainerDiffRecycle, both)
     assert os.listdir(nnunet_env["nnUNet_results"]) == []
-
-
-def test_ignore_label_is_refused():
-    with pytest.raises(ValueError, match="'ignore' label"):
-        _build(nnUNetTrainerDiffRecycle, dataset_json(labels={"background": 0, "fg": 1, "ignore": 2}))
 
 
 @pytest.mark.parametrize("attribute,value,message", [
