@@ -75,18 +75,35 @@ def ignore_dataset_json(num_classes: int = 3) -> dict:
     return dataset_json(labels=labels)
 
 
+def cascade_plans() -> dict:
+    """Tiny 3D plans with nnU-Net's cascade: '3d_lowres' (next stage '3d_cascade_fullres') and '3d_cascade_fullres'
+    (previous stage '3d_lowres', the one-hot previous segmentation as extra input channels)."""
+    plans = tiny_plans(dim=3)
+    full = plans["configurations"]["3d_fullres"]
+    plans["configurations"]["3d_lowres"] = {**copy.deepcopy(full), "data_identifier": "nnUNetPlans_3d_lowres",
+                                            "next_stage": "3d_cascade_fullres"}
+    plans["configurations"]["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
+    return plans
+
+
 def make_trainer(trainer_class, dim: int = 2, num_classes: int = 3, deep_supervision: bool = True,
-                 labels_json: dict | None = None, **plans_kwargs):
+                 labels_json: dict | None = None, plans: dict | None = None, configuration: str | None = None,
+                 **plans_kwargs):
     """A trainer with network, optimiser and loss set up as ``initialize()`` would, on CPU, without data.
-    ``labels_json``: the dataset.json (default: ``num_classes`` exclusive classes). Needs the nnU-Net folder
-    environment variables (see the ``nnunet_env`` fixture)."""
-    plans = tiny_plans(dim, **plans_kwargs)
+    ``labels_json``: the dataset.json (default: ``num_classes`` exclusive classes); ``plans`` and ``configuration``
+    (default: :func:`tiny_plans` and its one configuration). Needs the nnU-Net folder environment variables (see the
+    ``nnunet_env`` fixture)."""
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
+    plans = copy.deepcopy(plans) if plans is not None else tiny_plans(dim, **plans_kwargs)
     plans["continue_training"] = False
-    configuration = next(iter(plans["configurations"]))
+    configuration = configuration or next(iter(plans["configurations"]))
     trainer = trainer_class(plans, configuration, 0, labels_json or dataset_json(num_classes), torch.device("cpu"))
     trainer.enable_deep_supervision = deep_supervision
-    trainer.num_input_channels = 1
-    trainer.network = trainer.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 1,
+    trainer.num_input_channels = determine_num_input_channels(trainer.plans_manager, trainer.configuration_manager,
+                                                              trainer.dataset_json)
+    trainer.network = trainer.build_network_architecture(trainer.plans_manager, trainer.configuration_manager,
+                                                         trainer.num_input_channels,
                                                          trainer.label_manager.num_segmentation_heads,
                                                          deep_supervision)
     if hasattr(trainer, "record_label_space"):  # what the diffusion trainers' initialize() adds
@@ -98,7 +115,8 @@ def make_trainer(trainer_class, dim: int = 2, num_classes: int = 3, deep_supervi
 
 
 def random_batch(trainer, batch_size: int = 2, seed: int = 0) -> dict:
-    """A batch as nnU-Net's loader gives it: data (B, 1, *patch), target list per deep-supervision scale. Targets
+    """A batch as nnU-Net's loader gives it: data (B, input channels, *patch), target list per deep-supervision
+    scale. Targets
     are label ids (B, 1, *patch), the ignore label included if the dataset has one, or nnU-Net's region target
     (B, R, *patch) in {0, 1} for region datasets."""
     generator = torch.Generator().manual_seed(seed)
@@ -106,7 +124,7 @@ def random_batch(trainer, batch_size: int = 2, seed: int = 0) -> dict:
     manager = trainer.label_manager
     num_values = manager.num_segmentation_heads + manager.has_ignore_label if not manager.has_regions else 3
     labels = torch.randint(0, num_values, (batch_size, 1, *patch), generator=generator).float()
-    data = torch.randn((batch_size, 1, *patch), generator=generator) + labels
+    data = torch.randn((batch_size, trainer.num_input_channels, *patch), generator=generator) + labels
     if manager.has_regions:  # nnU-Net's ConvertSegmentationToRegionsTransform of labels {0, 1, 2}
         labels = torch.cat([torch.isin(labels, torch.tensor(region, dtype=labels.dtype)).float()
                             for region in manager.foreground_regions], dim=1)

@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+import os
 import re
 
 import numpy as np
@@ -98,3 +99,19 @@ def check_input_images(cases: list[list[str]], reader_class) -> None:
                 raise DiffusionPredictorError(f"input image {name} holds {non_finite} NaN or infinite values")
 
 
+
+
+def check_previous_stage_files(cases: list[list[str]], folder: str | None, file_ending: str,
+                               previous_stage: str) -> None:
+    """A cascade stage needs, for every case, the previous stage's segmentation ``<folder>/<case><ending>``
+    (nnU-Net's ``-prev_stage_predictions``); refuses a missing folder or file, naming it."""
+    if folder is None:
+        raise DiffusionPredictorError(f"the model is a cascade stage: it needs the segmentations "
+                                      f"of {previous_stage} (predict {previous_stage} first and pass its output "
+                                      f"folder with -prev_stage_predictions)")
+    for files in cases:
+        case = os.path.basename(files[0])[: -(len(file_ending) + 5)]  # <case>_XXXX<ending>
+        path = os.path.join(folder, case + file_ending)
+        if not isfile(path):
+            raise DiffusionPredictorError(f"previous-stage segmentation {path} of case {case} does not exist: "
+                                          f"predict {previous_stage} for it first (-prev_stage_predictions)")

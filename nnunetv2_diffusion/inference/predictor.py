@@ -57,6 +57,7 @@ from nnunetv2_diffusion.inference.global_step import (
 from nnunetv2_diffusion.inference.input_checks import (
     check_input_images,
     check_predictor_options,
+    check_previous_stage_files,
     list_input_cases,
 )
 from nnunetv2_diffusion.inference.model_folder import check_model_folder, check_same_labels, check_same_preprocessing
@@ -394,7 +395,8 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
         image reader. Raises :class:`DiffusionPredictorError` naming the folder or file for: a missing input folder,
         no file with the dataset's ending, a file not named ``<case>_XXXX<ending>``, a case without exactly the
         model's channels, a missing or unreadable file, channels nnU-Net's reader refuses to combine, NaN or
-        infinite values. Costs one extra read of every input image."""
+        infinite values, and for a cascade stage a missing previous-stage segmentation. Costs one extra read of every
+        input image."""
         source = list_of_lists_or_source_folder
         num_channels = len(self.dataset_json.get("channel_names", self.dataset_json.get("modality", {})))
         if isinstance(source, str):
@@ -407,6 +409,9 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
             cases, _, _ = self._manage_input_and_output_lists(
                 cases, output_folder_or_list_of_truncated_output_files, folder_with_segs_from_prev_stage, overwrite,
                 part_id, num_parts, save_probabilities)
+        if self.configuration_manager.previous_stage_name is not None:
+            check_previous_stage_files(cases, folder_with_segs_from_prev_stage, self.dataset_json["file_ending"],
+                                       self.configuration_manager.previous_stage_name)
         check_input_images(cases, self.plans_manager.image_reader_writer_class)
         return cases
 

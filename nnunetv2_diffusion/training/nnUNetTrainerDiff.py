@@ -1,5 +1,6 @@
 """Standard diffusion segmentation training inside nnU-Net's pipeline (docs/design.md, "Training strategies")."""
 
+import os
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -120,6 +121,27 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
     def initialize(self):
         super().initialize()
         self.record_label_space(unwrap_network(self.network))
+
+    def on_train_start(self):
+        self.check_previous_stage_predictions()
+        super().on_train_start()
+
+    def check_previous_stage_predictions(self) -> None:
+        """A cascade stage trains on the previous stage's predictions of every case of its split, which that
+        stage's final validation writes (all folds of it together cover every case). Missing ones stop training
+        here, naming the folder and a case, rather than in a data-loading worker."""
+        if not self.is_cascaded:
+            return
+        folder = self.folder_with_segs_from_previous_stage
+        present = {name.split(".")[0] for name in os.listdir(folder)} if os.path.isdir(folder) else set()
+        training, validation = self.do_split()
+        missing = sorted((set(training) | set(validation)) - present)
+        if missing:
+            previous = self.configuration_manager.previous_stage_name
+            raise FileNotFoundError(
+                f"{self.configuration_name} is a cascade stage, but {folder} lacks the {previous} predictions of "
+                f"{len(missing)} case(s), e.g. {os.path.join(folder, missing[0])}: train (or --val) every fold of "
+                f"{previous} with {self.__class__.__name__} first; their final validation writes them")
 
     def record_label_space(self, network) -> None:
         """Stores in the network's diffusion settings whether its mask channels are regions, so the checkpoint

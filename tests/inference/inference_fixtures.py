@@ -16,22 +16,26 @@ DATASET = "Dataset999_Unit"
 
 
 def write_model_folder(results_root, trainer_class, dim: int = 2, num_classes: int = 3, folds=(0,), seed: int = 0,
-                       patch_size: tuple | None = None, labels_json: dict | None = None) -> str:
+                       patch_size: tuple | None = None, labels_json: dict | None = None, residual: bool = False,
+                       plans: dict | None = None, configuration: str | None = None) -> str:
     """A model folder ``<results>/Dataset999_Unit/<trainer>__nnUNetPlans__<config>`` with one checkpoint per fold
     (different random weights per fold); returns its path. ``labels_json``: the dataset.json (default:
-    ``num_classes`` exclusive classes)."""
+    ``num_classes`` exclusive classes); ``plans`` and ``configuration``: other plans than :func:`tiny_plans`."""
     plans_kwargs = {"patch_size": patch_size} if patch_size else {}
-    configuration = "2d" if dim == 2 else "3d_fullres"
+    if residual:
+        plans_kwargs["residual"] = True
+    plans = plans or tiny_plans(dim, **plans_kwargs)
+    configuration = configuration or ("2d" if dim == 2 else "3d_fullres")
     folder = os.path.join(str(results_root), DATASET, f"{trainer_class.__name__}__nnUNetPlans__{configuration}")
     for index, fold in enumerate(folds):
         torch.manual_seed(seed + index)
         trainer = make_trainer(trainer_class, dim=dim, num_classes=num_classes, deep_supervision=False,
-                               labels_json=labels_json, **plans_kwargs)
+                               labels_json=labels_json, plans=plans, configuration=configuration)
         trainer.inference_allowed_mirroring_axes = tuple(range(dim))
         os.makedirs(os.path.join(folder, f"fold_{fold}"), exist_ok=True)
         trainer.save_checkpoint(os.path.join(folder, f"fold_{fold}", "checkpoint_final.pth"))
     with open(os.path.join(folder, "plans.json"), "w") as f:
-        json.dump(tiny_plans(dim, **plans_kwargs), f)
+        json.dump(plans, f)
     with open(os.path.join(folder, "dataset.json"), "w") as f:
         json.dump(labels_json or dataset_json(num_classes), f)
     return folder
