@@ -126,12 +126,12 @@ def random_batch(trainer, batch_size: int = 2, seed: int = 0) -> dict:
     labels = torch.randint(0, num_values, (batch_size, 1, *patch), generator=generator).float()
     data = torch.randn((batch_size, trainer.num_input_channels, *patch), generator=generator) + labels
     if manager.has_regions:  # nnU-Net's ConvertSegmentationToRegionsTransform of labels {0, 1, 2}
-        labels = torch.cat([torch.isin(labels, torch.tensor(region, dtype=labels.dtype)).float()
-                            for region in manager.foreground_regions], dim=1)
+        labels = torch.cat([torch.isin(labels, torch.tensor(region, dtype=labels.dtype))
+                            for region in manager.foreground_regions], dim=1)  # bool, as nnU-Net's transform gives
     if not trainer.enable_deep_supervision:
         return {"data": data, "target": labels}
     targets = [labels]
     for scale in trainer._get_deep_supervision_scales()[1:]:
         size = [round(p * s) for p, s in zip(patch, scale, strict=True)]
-        targets.append(torch.nn.functional.interpolate(labels, size=size, mode="nearest"))
+        targets.append(torch.nn.functional.interpolate(labels.float(), size=size, mode="nearest").to(labels.dtype))
     return {"data": data, "target": targets}

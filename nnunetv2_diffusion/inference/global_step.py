@@ -74,7 +74,12 @@ class ChunkedInPlaceUpdate:
         self.max_elements = max_elements
 
     def step(self, x0_pred: torch.Tensor, timestep, sample: torch.Tensor, *, generator=None) -> torch.Tensor:
-        """x0_pred, sample: (1, C, *spatial); returns ``sample``, updated to the next timestep."""
+        """x0_pred, sample: (B, C, *spatial); returns ``sample``, updated to the next timestep. ``generator``: one
+        generator, or one per sample (a list), so a batch of samples draws what each would draw alone."""
+        if isinstance(generator, (list, tuple)):
+            for index, sample_generator in enumerate(generator):
+                self.step(x0_pred[index:index + 1], timestep, sample[index:index + 1], generator=sample_generator)
+            return sample
         x0_flat = x0_pred.reshape(1, x0_pred.shape[1], -1)
         sample_flat = sample.view(1, sample.shape[1], -1)
         width = max(1, self.max_elements // sample.shape[1])
@@ -100,19 +105,20 @@ def tile_weights(patch_size: tuple, slicers: list, spatial: tuple, use_gaussian:
 
 
 class WholeCaseDenoiser:
-    """``denoise_x0`` of :func:`diffusion.sampling_loop.reverse_process` over a whole case.
+    """``denoise_x0`` of :func:`diffusion.sampling_loop.reverse_process` over a whole case, for B samples at once.
 
-    Called with the whole-case x_t (1, C, *spatial), a timestep and the previous x0_hat (or None), it runs every
-    tile through ``predict_tile`` (nnU-Net's mirroring around :class:`StepDenoiser`), blends them with the tile
-    weights and returns x0_hat (1, C, *spatial) in [-1, 1]. The result is written into one of two reused buffers, the
-    one that does not hold the previous estimate, which the tiles of this step still read.
+    Called with the whole-case x_t (B, C, *spatial), a timestep and the previous x0_hat (or None), it runs every
+    tile of all B samples as one batch through ``predict_tile`` (nnU-Net's mirroring around :class:`StepDenoiser`),
+    blends them with the tile weights and returns x0_hat (B, C, *spatial) in [-1, 1]. The result is written into one
+    of two reused buffers, the one that does not hold the previous estimate, which the tiles of this step still read.
     """
 
     def __init__(self, image: torch.Tensor, slicers: list, gaussian: torch.Tensor, weights: torch.Tensor,
-                 denoiser: StepDenoiser, predict_tile: Callable[[torch.Tensor], torch.Tensor], tile_device):
+                 denoiser: StepDenoiser, predict_tile: Callable[[torch.Tensor], torch.Tensor], tile_device,
+                 batch_size: int = 1):
         self.image, self.slicers, self.gaussian, self.weights = image, slicers, gaussian, weights
         self.denoiser, self.predict_tile, self.tile_device = denoiser, predict_tile, tile_device
-        shape = (1, denoiser.num_classes, *image.shape[1:])
+        shape = (batch_size, denoiser.num_classes, *image.shape[1:])
         self.buffers = [torch.empty(shape, dtype=torch.float32, device=image.device)
                         for _ in range(2 if denoiser.self_conditioning else 1)]
 
@@ -122,12 +128,16 @@ class WholeCaseDenoiser:
             x0_previous = no_estimate_like(x_t)
         x0 = self.buffers[0] if x0_previous is not self.buffers[0] else self.buffers[-1]
         x0.zero_()
+        batch_size = x_t.shape[0]
         for slicer in self.slicers:
-            parts = [self.image[slicer], x_t[0][slicer]]
+            batched = (slice(None), *slicer)  # slicer indexes (channels, *spatial); this adds the sample axis
+            image = self.image[slicer]
+            parts = [image[None].expand(batch_size, *image.shape), x_t[batched]]
             if self.denoiser.self_conditioning:
-                parts.append(x0_previous[0][slicer])
-            tile = torch.cat(parts)[None].to(self.tile_device, non_blocking=True)
-            prediction = self.predict_tile(tile)[0].to(x0.device)
-            x0[0][slicer] += prediction.mul_(self.gaussian)
-        x0_from_logits_in_place(x0[0].div_(self.weights), self.denoiser.regions)
+                parts.append(x0_previous[batched])
+            tile = torch.cat(parts, dim=1).to(self.tile_device, non_blocking=True)
+            prediction = self.predict_tile(tile).to(x0.device)
+            x0[batched] += prediction.mul_(self.gaussian)
+        for sample in x0.div_(self.weights):
+            x0_from_logits_in_place(sample, self.denoiser.regions)
         return x0

@@ -23,7 +23,7 @@ from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 from nnunetv2_diffusion.diffusion.samplers import SAMPLERS
 from nnunetv2_diffusion.inference.errors import DiffusionPredictorError
 from nnunetv2_diffusion.inference.input_checks import read_json_file
-from nnunetv2_diffusion.inference.predictor import DEFAULT_SEED, nnUNetDiffusionPredictor
+from nnunetv2_diffusion.inference.predictor import DEFAULT_SAMPLE_BATCH, DEFAULT_SEED, nnUNetDiffusionPredictor
 
 DEFAULT_TRAINER = "nnUNetTrainerDiffRecycle"
 PROGRAM = "nnUNetv2_predict_diffusion"
@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "<output>/uncertainty/<case>_entropy<ending> and <case>_mutual_information<ending>, and "
                             "case-level scores and volumes to <output>/uncertainty/uncertainty_per_case.csv. With "
                             "DDIM at eta 0 samples differ only through their starting noise x_T. Default: 1")
+    group.add_argument("--sample_batch", type=int, default=DEFAULT_SAMPLE_BATCH,
+                       help="Run this many of the --num_samples samples together, their tiles batched into one "
+                            "network call (more memory; the result is the same up to floating-point rounding). "
+                            f"Default: {DEFAULT_SAMPLE_BATCH}")
     group.add_argument("--save_steps", action="store_true",
                        help="Also write the segmentation after every denoising step to "
                             "<output>/steps/<case>_step<k><ending>.")
@@ -176,7 +180,7 @@ def run(args: argparse.Namespace) -> None:
         perform_everything_on_device=not args.not_on_device, device=_device(args.device), verbose=args.verbose,
         verbose_preprocessing=args.verbose, allow_tqdm=not args.disable_progress_bar, sampler=args.sampler,
         steps=args.steps, eta=args.eta, seed=args.seed, num_samples=args.num_samples, save_steps=args.save_steps,
-        ensemble_weight=args.ensemble_weight)
+        ensemble_weight=args.ensemble_weight, sample_batch=args.sample_batch)
     predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk)
     if args.ensemble_with is not None:
         predictor.initialize_ensemble_model(args.ensemble_with, folds, checkpoint_name=args.chk)

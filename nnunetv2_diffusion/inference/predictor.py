@@ -67,6 +67,8 @@ from nnunetv2_diffusion.networks.wrappers import unwrap_network
 
 __all__ = ["DEFAULT_SEED", "CasePrediction", "DiffusionPredictorError", "nnUNetDiffusionPredictor"]
 
+DEFAULT_SAMPLE_BATCH = 1
+"""Samples that run together by default (measured in docs/uncertainty.md, "Cost")."""
 DEFAULT_SEED = 0
 """Inference is reproducible by default, like stock nnU-Net's; ``seed=None`` draws fresh noise every run."""
 
@@ -108,6 +110,9 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
         of the exported probabilities) and ``<case>_mutual_information<ending>`` (disagreement of the samples), and
         one row per case into ``<output>/uncertainty/uncertainty_per_case.csv`` (``inference/uncertainty.py``). With
         DDIM at eta 0 samples differ only through their starting noise x_T.
+    sample_batch: how many of the K samples run together, their tiles batched into one network call (each keeps its
+        own seeded noise, so the result does not depend on it beyond floating-point rounding); costs that many
+        whole-case arrays and tile batches of memory.
     save_steps: also write the segmentation after every denoising step to ``<output>/steps/<case>_step<k><ending>``
         (k = 1..steps); per-step probabilities are kept in memory only then.
     ensemble_weight: w of ``(1 - w) p_diffusion + w p_stock`` once :meth:`initialize_ensemble_model` set a stock
@@ -120,12 +125,15 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
                  verbose: bool = False, verbose_preprocessing: bool = False, allow_tqdm: bool = True, *,
                  sampler: str | None = None, steps: int | None = None, eta: float | None = None,
                  seed: int | None = DEFAULT_SEED, num_samples: int = 1, save_steps: bool = False,
-                 ensemble_weight: float | None = None):
+                 ensemble_weight: float | None = None, sample_batch: int = DEFAULT_SAMPLE_BATCH):
         check_predictor_options(sampler, steps, eta, num_samples, ensemble_weight)
+        if sample_batch < 1:
+            raise DiffusionPredictorError(f"sample_batch must be >= 1 (got {sample_batch})")
         super().__init__(tile_step_size, use_gaussian, use_mirroring, perform_everything_on_device, device, verbose,
                          verbose_preprocessing, allow_tqdm)
         self.sampler_name, self.num_steps, self.eta = sampler, steps, eta
         self.seed, self.num_samples, self.save_steps = seed, num_samples, save_steps
+        self.sample_batch = sample_batch
         self.ensemble_weight = ensemble_weight
         self.ensemble_weight_source = "given" if ensemble_weight is not None else None
         self.model_folder: str | None = None
@@ -228,16 +236,16 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
                 for fold_index, fold_parameters in enumerate(parameters):
                     if fold_parameters is not None:
                         self.diffusion_network.load_state_dict(fold_parameters)
-                    for sample_index in range(self.num_samples):
-                        p, p_steps = self._sample(data, self.case_seed(data, fold_index, sample_index), progress)
+                    seeds = [self.case_seed(data, fold_index, k) for k in range(self.num_samples)]
+                    samples, sample_steps = self._sample(data, seeds, progress)
+                    for p, p_steps in zip(samples, sample_steps, strict=True):
                         probabilities = p if probabilities is None else probabilities.add_(p)
                         if self.num_samples > 1:  # the mean entropy of the samples, for the mutual information
                             h = entropy(p, self.regions)
                             expected_entropy = h if expected_entropy is None else expected_entropy.add_(h)
-                        if p_steps is not None and steps is None:
-                            steps = p_steps
-                        elif p_steps is not None:
-                            steps = [a.add_(b) for a, b in zip(steps, p_steps, strict=True)]
+                        if p_steps is not None:
+                            steps = p_steps if steps is None else [a.add_(b) for a, b in zip(steps, p_steps,
+                                                                                               strict=True)]
             count = len(parameters) * self.num_samples
             probabilities /= count
             if steps is not None:
@@ -262,15 +270,24 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
     def predict_sliding_window_return_logits(self, input_image: torch.Tensor) -> torch.Tensor:
         """The currently loaded weights only (what nnU-Net's final validation calls per case): log of the mean
         probabilities of ``num_samples`` samples, (C, *spatial) float32 on the CPU."""
-        probabilities = None
-        for sample_index in range(self.num_samples):
-            p, _ = self._sample(input_image, self.case_seed(input_image, 0, sample_index), None)
-            probabilities = p if probabilities is None else probabilities.add_(p)
-        return export_logits(probabilities / self.num_samples, self.regions)
+        seeds = [self.case_seed(input_image, 0, k) for k in range(self.num_samples)]
+        samples, _ = self._sample(input_image, seeds, None)
+        return export_logits(torch.stack(samples).mean(0), self.regions)
 
-    def _sample(self, data: torch.Tensor, seed: int | None, progress) -> tuple[torch.Tensor, list | None]:
-        """One reverse process over the whole case with the loaded weights; results on the CPU. Runs with the
-        arrays on the GPU when allowed and falls back to CPU arrays (same seed) if that runs out of memory."""
+    def _sample(self, data: torch.Tensor, seeds: list[int | None], progress) -> tuple[list, list]:
+        """One reverse process per seed over the whole case with the loaded weights, ``sample_batch`` of them at a
+        time; per sample its probabilities (C, *spatial) and its per-step list (None without ``save_steps``), on the
+        CPU."""
+        samples, steps = [], []
+        for start in range(0, len(seeds), self.sample_batch):
+            batch_samples, batch_steps = self._sample_batch(data, seeds[start:start + self.sample_batch], progress)
+            samples += batch_samples
+            steps += batch_steps
+        return samples, steps
+
+    def _sample_batch(self, data: torch.Tensor, seeds: list[int | None], progress) -> tuple[list, list]:
+        """:meth:`_sample` for samples that run together. Runs with the arrays on the GPU when allowed and falls
+        back to CPU arrays (same seeds) if that runs out of memory."""
         if not isinstance(data, torch.Tensor) or data.ndim != 4:
             raise ValueError("data must be a 4D torch.Tensor (c, x, y, z); 2D configurations use (c, 1, x, y)")
         self.network = self.network.to(self.device)
@@ -281,18 +298,19 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
         crop = (slice(None), *revert_padding[1:])
         if self.perform_everything_on_device and self.device.type == "cuda":
             try:
-                return self._reverse_process(padded, slicers, crop, seed, self.device, progress)
+                return self._reverse_process(padded, slicers, crop, seeds, self.device, progress)
             except torch.cuda.OutOfMemoryError:
                 print("Sampling with the arrays on the GPU ran out of memory; moving them to the CPU")
                 empty_cache(self.device)
-        return self._reverse_process(padded, slicers, crop, seed, torch.device("cpu"), progress)
+        return self._reverse_process(padded, slicers, crop, seeds, torch.device("cpu"), progress)
 
-    def _whole_case_denoiser(self, image: torch.Tensor, slicers: list, results_device) -> WholeCaseDenoiser:
+    def _whole_case_denoiser(self, image: torch.Tensor, slicers: list, results_device,
+                             batch_size: int = 1) -> WholeCaseDenoiser:
         gaussian, weights = tile_weights(self.configuration_manager.patch_size, slicers, image.shape[1:],
                                          self.use_gaussian, results_device)
         denoiser = StepDenoiser(self.network, self.diffusion_network, "cuda" if self.device.type == "cuda" else None)
         return WholeCaseDenoiser(image, slicers, gaussian, weights, denoiser, self._internal_maybe_mirror_and_predict,
-                                 self.device)
+                                 self.device, batch_size)
 
     @contextlib.contextmanager
     def _mirroring_calls(self, whole_case: WholeCaseDenoiser):
@@ -303,37 +321,41 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
         finally:
             self.network = network
 
-    def _reverse_process(self, image: torch.Tensor, slicers: list, crop: tuple, seed: int | None,
-                         results_device: torch.device, progress) -> tuple[torch.Tensor, list | None]:
-        """The global-step reverse process on the whole case: :func:`diffusion.sampling_loop.reverse_process` (x_T
-        from the seeded generator, then the sampler's own draws) with a sliding-window denoiser over the whole case
+    def _reverse_process(self, image: torch.Tensor, slicers: list, crop: tuple, seeds: list[int | None],
+                         results_device: torch.device, progress) -> tuple[list, list]:
+        """The global-step reverse process on the whole case for B = len(seeds) samples at once:
+        :func:`diffusion.sampling_loop.reverse_process` (each sample's x_T from its own seeded generator, then that
+        generator's draws) with a sliding-window denoiser over the whole case that batches the samples' tiles
         (:class:`WholeCaseDenoiser`) and the sampler update in place, in chunks (:class:`ChunkedInPlaceUpdate`), all
         float32 on ``results_device``.
 
         image: padded case (c, *spatial); slicers: nnU-Net's tiles; crop: removes the padding.
-        Returns the last step's probabilities (C, *unpadded spatial) and, with ``save_steps``, every step's, on the CPU.
+        Returns per sample the last step's probabilities (C, *unpadded spatial) and, with ``save_steps``, the list of
+        every step's (else None), on the CPU.
         """
         image = image.to(results_device)
-        whole_case = self._whole_case_denoiser(image, slicers, results_device)
-        generator = torch.Generator(device=results_device)
-        if seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(seed)
-        x_t = torch.randn((1, self.diffusion_network.num_classes, *image.shape[1:]), generator=generator,
-                          device=results_device)
-        steps = [] if self.save_steps else None
+        whole_case = self._whole_case_denoiser(image, slicers, results_device, len(seeds))
+        generators = []
+        for seed in seeds:
+            generator = torch.Generator(device=results_device)
+            generators.append(generator.manual_seed(seed) if seed is not None else generator)
+            if seed is None:
+                generator.seed()
+        x_t = torch.cat([torch.randn((1, self.diffusion_network.num_classes, *image.shape[1:]), generator=generator,
+                                     device=results_device) for generator in generators])
+        steps = [[] for _ in seeds] if self.save_steps else None
 
         def on_step(_index, _t, x0):
             if steps is not None:
-                steps.append(probabilities_from_x0(x0[0][crop]).cpu())
+                for sample_steps, sample in zip(steps, x0, strict=True):
+                    sample_steps.append(probabilities_from_x0(sample[crop]).cpu())
             if progress is not None:
-                progress.update()
+                progress.update(len(seeds))
 
         with self._mirroring_calls(whole_case):
-            x0 = reverse_process(whole_case, x_t, ChunkedInPlaceUpdate(self.sampler), generator=generator,
+            x0 = reverse_process(whole_case, x_t, ChunkedInPlaceUpdate(self.sampler), generator=generators,
                                  on_step=on_step)
-        return probabilities_from_x0(x0[0][crop]).cpu(), steps
+        return [probabilities_from_x0(sample[crop]).cpu() for sample in x0], steps or [None] * len(seeds)
 
     @torch.inference_mode()
     def denoise_case(self, data: torch.Tensor, x_t: torch.Tensor, t: int) -> torch.Tensor:
@@ -427,7 +449,7 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
                 "eta": getattr(self.sampler, "eta", None), "training_timesteps": config.num_timesteps,
                 "schedule": config.schedule, "seed": self.seed,
                 "seed_rule": "per case, fold and sample: blake2b(seed, case shape, fold, sample, case content)",
-                "num_samples": self.num_samples, "save_steps": self.save_steps,
+                "num_samples": self.num_samples, "sample_batch": self.sample_batch, "save_steps": self.save_steps,
                 "ensemble_with": self.ensemble_source,
                 "ensemble_weight": self.ensemble_weight if self.ensemble_source else None,
                 "ensemble_weight_source": self.ensemble_weight_source if self.ensemble_source else None,

@@ -37,6 +37,9 @@ def _has_non_finite(image: torch.Tensor) -> bool:
 
 
 def _has_foreign_labels(labels: torch.Tensor, num_classes: int) -> bool:
-    """Any value below 0, above num_classes - 1, or not a whole number (one min/max pass plus one rounding)."""
+    """Any value below 0, above num_classes - 1, or not a whole number (one min/max pass plus one rounding).
+    nnU-Net's region targets are bool, always valid."""
+    if labels.dtype == torch.bool:
+        return False
     low, high = torch.aminmax(labels)
     return bool(low < 0 or high > num_classes - 1) or not torch.equal(labels, labels.round())

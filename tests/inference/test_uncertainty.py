@@ -11,7 +11,7 @@ from inference_fixtures import write_model_folder, write_raw_case
 from nnunetv2_diffusion.diffusion.mask_encoding import entropy
 from nnunetv2_diffusion.inference.predictor import nnUNetDiffusionPredictor
 from nnunetv2_diffusion.inference.uncertainty import case_scores, entropy_of_probabilities
-from nnunetv2_diffusion.training import nnUNetTrainerDiffRecycle_10iters
+from nnunetv2_diffusion.training import nnUNetTrainerDiffRecycle_10iters, nnUNetTrainerDiffSelfCond_10iters
 
 
 def _predictor(folder, **kwargs):
@@ -26,7 +26,7 @@ def test_mutual_information_is_the_entropy_of_the_mean_minus_the_mean_entropy(nn
     data = torch.randn(1, 1, 36, 40, generator=torch.Generator().manual_seed(0))
     case = predictor.predict_case(data)
     with torch.inference_mode():
-        samples = [predictor._sample(data, predictor.case_seed(data, 0, k), None)[0] for k in range(3)]
+        samples = [predictor._sample(data, [predictor.case_seed(data, 0, k)], None)[0][0] for k in range(3)]
     mean = torch.stack(samples).mean(0)
     expected = entropy(mean) - torch.stack([entropy(p) for p in samples]).mean(0)
     torch.testing.assert_close(case.probabilities, mean, rtol=0, atol=1e-6)
@@ -76,3 +76,18 @@ def test_entropy_is_log_c_for_uniform_and_zero_for_certain_voxels():
     torch.testing.assert_close(entropy(probabilities), torch.tensor([np.log(3), 0.0, np.log(2)], dtype=torch.float64))
     np.testing.assert_allclose(entropy_of_probabilities(probabilities.numpy()), [np.log(3), 0.0, np.log(2)],
                                rtol=1e-6)
+
+
+@pytest.mark.parametrize("trainer_class", [nnUNetTrainerDiffRecycle_10iters, nnUNetTrainerDiffSelfCond_10iters],
+                         ids=lambda c: c.__name__)
+def test_batched_samples_are_the_sequential_samples(nnunet_env, trainer_class):
+    # each sample keeps its own seeded generator, so running them together changes nothing but rounding
+    folder = write_model_folder(nnunet_env["nnUNet_results"], trainer_class)
+    data = torch.randn(1, 1, 44, 50, generator=torch.Generator().manual_seed(1))  # several tiles of 32 x 32
+    sequential = _predictor(folder, num_samples=4, steps=3, save_steps=True).predict_case(data)
+    for batch in (2, 4):
+        batched = _predictor(folder, num_samples=4, steps=3, save_steps=True, sample_batch=batch).predict_case(data)
+        torch.testing.assert_close(batched.probabilities, sequential.probabilities, rtol=0, atol=1e-5)
+        torch.testing.assert_close(batched.mutual_information, sequential.mutual_information, rtol=0, atol=1e-5)
+        for a, b in zip(batched.step_probabilities, sequential.step_probabilities, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-5)

@@ -71,7 +71,7 @@ def test_region_pseudo_dice_counts_regions_above_one_half(nnunet_env):
     fixed[:, 0] = 5.0  # 'whole' everywhere, 'core' nowhere
     trainer.network = lambda *args: fixed
     result = trainer.validation_step(batch)
-    target = batch["target"]
+    target = batch["target"].float()
     assert result["tp_hard"].tolist() == [target[:, 0].sum().item(), 0]
     assert result["fp_hard"].tolist() == [(1 - target[:, 0]).sum().item(), 0]
     assert result["fn_hard"].tolist() == [0, target[:, 1].sum().item()]
