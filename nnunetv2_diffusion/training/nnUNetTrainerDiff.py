@@ -70,6 +70,7 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
         # check before nnU-Net creates folders and logs: a bad combination must stop at once
         self.diffusion_config()
         self._check_supported_labels(PlansManager(plans).get_label_manager(dataset_json))
+        self._check_world_size(PlansManager(plans).get_configuration(configuration).batch_size, configuration)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.diffusion = GaussianDiffusion.from_schedule(self.noise_schedule, self.num_diffusion_timesteps)
         self.timestep_sampler = make_timestep_sampler(self.timestep_sampling, num_timesteps=self.num_loss_timesteps)
@@ -117,6 +118,16 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
             raise ValueError(f"{cls.__name__}: the 'dice_focal' loss is written for exclusive labels without an "
                              f"ignore label; dataset.json defines {'regions' if label_manager.has_regions else 'one'}"
                              f". Use the 'dice_ce' variant (nnU-Net's loss handles both).")
+
+    @classmethod
+    def _check_world_size(cls, batch_size: int, configuration: str) -> None:
+        """Under DDP every rank needs at least one sample; nnU-Net would stop each rank with an assertion."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world_size = torch.distributed.get_world_size()
+            if batch_size < world_size:
+                raise ValueError(f"{cls.__name__}: -num_gpus {world_size} needs a batch of at least {world_size}, "
+                                 f"but configuration {configuration} has batch_size {batch_size} in the plans; use "
+                                 f"fewer GPUs or a configuration with a larger batch (plans 'inherits_from')")
 
     def initialize(self):
         super().initialize()

@@ -59,3 +59,11 @@ def test_a_bad_batch_names_its_case_before_the_network_sees_it(damage, message):
 def test_a_good_batch_passes_the_checks():
     trainer = make_trainer(nnUNetTrainerDiffRecycle)
     assert np.isfinite(trainer.train_step({**random_batch(trainer), "keys": ["case_a", "case_b"]})["loss"])
+
+
+def test_more_ranks_than_samples_is_refused_with_one_message(nnunet_env, monkeypatch):
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 4)
+    with pytest.raises(ValueError, match="-num_gpus 4 needs a batch of at least 4, but configuration 2d has "
+                                         "batch_size 2"):
+        _build(nnUNetTrainerDiffRecycle, dataset_json())
