@@ -39,14 +39,14 @@ RESULTS = os.path.join(REPO, "docs", "results", "uncertainty.json")
 DETAILS = os.path.join(REPO, "docs", "results", "uncertainty_details.json")
 
 
-def predict(spec: dict, work: str, replicate: int, device: str) -> dict:
+def predict(spec: dict, work: str, replicate: int, device: str, samples: tuple[int, ...] = SAMPLES) -> dict:
     """Prediction folders by method; seconds per case of each run in ``<folder>/finished.json``."""
     env = {**nnunet_env(work, replicate), "nnUNet_n_proc_DA": "0"}
     images = os.path.join(env["nnUNet_raw"], spec["name"], "imagesTs")
     common = ["-d", str(spec["id"]), "-c", spec["configuration"], "-f", "0", "-device", device, "-npp", "1", "-nps",
               "1", "-i", images, "--save_probabilities"]
     jobs = {"stock": ["nnUNetv2_predict", "-tr", METHODS["stock"]["trainer"]]}
-    for k in SAMPLES:
+    for k in samples:
         jobs[f"diffusion_k{k}"] = ["nnUNetv2_predict_diffusion", "-tr", METHODS["recycling_block"]["trainer"],
                                    "--sampler", "ddpm", "--steps", "5", "--seed", "0", "--num_samples", str(k),
                                    "--disable_tta"]
@@ -145,13 +145,15 @@ def _plot(key: str, reliability: dict, spec: dict, work: str, folders: dict) -> 
     image = reader.read_images([os.path.join(work, "nnUNet_raw", spec["name"], "imagesTs", f"{case}_0000{ending}")])[
         0][0]
     index = int(np.argmax((reference > 0).reshape(reference.shape[0], -1).sum(1)))  # slice with most foreground
-    stock, diffusion = (_probabilities(os.path.join(folders[m], case + ".npz")) for m in ("stock", "diffusion_k8"))
+    largest = max((m for m in folders if m.startswith("diffusion")), key=lambda m: int(m[len("diffusion_k"):]))
+    k = largest[len("diffusion_k"):]
+    stock, diffusion = (_probabilities(os.path.join(folders[m], case + ".npz")) for m in ("stock", largest))
     panels = [("image", image[index], "gray"), ("reference", reference[index], "viridis"),
-              ("diffusion K=8 prediction", diffusion.argmax(0)[index], "viridis"),
+              (f"diffusion K={k} prediction", diffusion.argmax(0)[index], "viridis"),
               ("stock entropy", entropy_of_probabilities(stock)[index], "magma"),
-              ("diffusion K=8 entropy", entropy_of_probabilities(diffusion)[index], "magma")]
-    mi_file = os.path.join(folders["diffusion_k8"], "uncertainty", f"{case}_mutual_information{ending}")
-    panels.append(("diffusion K=8 mutual information", reader.read_images([mi_file])[0][0][index], "magma"))
+              (f"diffusion K={k} entropy", entropy_of_probabilities(diffusion)[index], "magma")]
+    mi_file = os.path.join(folders[largest], "uncertainty", f"{case}_mutual_information{ending}")
+    panels.append((f"diffusion K={k} mutual information", reader.read_images([mi_file])[0][0][index], "magma"))
     fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.2))
     for ax, (title, array, cmap) in zip(axes, panels, strict=True):
         ax.imshow(array, cmap=cmap)
@@ -171,10 +173,11 @@ def main() -> None:
     parser.add_argument("--replicate", type=int, default=0)
     parser.add_argument("--stage", choices=("all", "predict", "metrics"), default="all")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--samples", type=int, nargs="+", default=list(SAMPLES), help="the K to measure")
     args = parser.parse_args()
     spec = {**DATASETS[args.dataset], "key": args.dataset}
     work = os.path.join(os.path.abspath(args.work), args.dataset)
-    folders = predict(spec, work, args.replicate, args.device)
+    folders = predict(spec, work, args.replicate, args.device, tuple(args.samples))
     if args.stage == "predict":
         return
     temperature = stock_temperature(spec, work, args.replicate)
