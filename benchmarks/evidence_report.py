@@ -104,6 +104,8 @@ def write_evidence(spec: dict) -> dict:
         sources["recycling"], sources["ensemble"] = (best, "ddpm"), (f"ensemble_{best}", "ddpm")
     sources = {name: source for name, source in sources.items() if source[0] in present}
     series = {name: final_metric(cases, *source) for name, source in sources.items()}
+    sources = {name: source for name, source in sources.items() if len(series[name])}  # e.g. one sampler not run
+    series = {name: values for name, values in series.items() if len(values)}
     comparisons = [("recycling", "stock"), ("ensemble", "stock"), ("ensemble", "stock_seed_ensemble"),
                    ("stock_seed_ensemble", "stock"), *[(f"{m}_ddpm", "stock") for m in DIFFUSION_METHODS],
                    *[(f"ensemble_{m}", "stock_seed_ensemble") for m in DIFFUSION_METHODS],
