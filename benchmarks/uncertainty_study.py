@@ -32,6 +32,7 @@ from calibration_metrics import CalibrationAccumulator, fit_temperature, tempera
 from evidence_study import METHODS  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
+from nnunetv2_diffusion.inference.ensemble_choice import foreground_dice  # noqa: E402
 from nnunetv2_diffusion.inference.uncertainty import case_scores, entropy_of_probabilities  # noqa: E402
 
 SAMPLES = (1, 4, 8)
@@ -105,12 +106,7 @@ def metrics(spec: dict, work: str, folders: dict, temperature: float) -> dict:
             segmentation = p.argmax(0)
             row = case_scores(segmentation, p, dataset_labels, 1.0)
             scores.append(np.nanmean([row[k] for k in row if k.endswith("_uncertainty")]))
-            dice = []
-            for label in labels:
-                total = (segmentation == label).sum() + (reference == label).sum()
-                if total:
-                    dice.append(2 * ((segmentation == label) & (reference == label)).sum() / total)
-            losses.append(1 - np.mean(dice))
+            losses.append(1 - np.nanmean(foreground_dice(segmentation, reference, labels)))
         results[method] = {**accumulator.summary(), "case_spearman": float(spearmanr(scores, losses).statistic)}
         if mutual is not None:
             results[method]["error_auroc_mutual_information"] = mutual.summary()["error_auroc"]

@@ -69,8 +69,9 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's signature)
         # check before nnU-Net creates folders and logs: a bad combination must stop at once
         self.diffusion_config()
-        self._check_supported_labels(PlansManager(plans).get_label_manager(dataset_json))
-        self._check_world_size(PlansManager(plans).get_configuration(configuration).batch_size, configuration)
+        plans_manager = PlansManager(plans)
+        self._check_supported_labels(plans_manager.get_label_manager(dataset_json))
+        self._check_world_size(plans_manager.get_configuration(configuration).batch_size, configuration)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.diffusion = GaussianDiffusion.from_schedule(self.noise_schedule, self.num_diffusion_timesteps)
         self.timestep_sampler = make_timestep_sampler(self.timestep_sampling, num_timesteps=self.num_loss_timesteps)
