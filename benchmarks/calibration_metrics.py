@@ -37,11 +37,11 @@ class CalibrationAccumulator:
     def __init__(self):
         self.bins = {part: np.zeros((3, BINS)) for part in ("all", "band")}  # count, sum confidence, sum correct
         self.brier, self.nll, self.count = 0.0, 0.0, 0
-        self.uncertainty, self.error = [], []
+        self.uncertainty, self.error = {}, []
 
-    def add(self, probabilities: np.ndarray, reference: np.ndarray, uncertainty: np.ndarray) -> None:
-        """probabilities (C, *spatial); reference (*spatial) ids in [0, C-1]; uncertainty (*spatial): the score
-        whose AUROC for telling wrong voxels from right ones is measured."""
+    def add(self, probabilities: np.ndarray, reference: np.ndarray, **uncertainty: np.ndarray) -> None:
+        """probabilities (C, *spatial); reference (*spatial) ids in [0, C-1]; uncertainty: maps (*spatial) by name,
+        the same names every case, each a score whose AUROC for telling wrong voxels from right ones is measured."""
         p = probabilities.astype(np.float64).reshape(probabilities.shape[0], -1)
         y = reference.reshape(-1).astype(np.int64)
         confidence, predicted = p.max(0), p.argmax(0)
@@ -56,7 +56,8 @@ class CalibrationAccumulator:
         self.brier += float(((p - onehot) ** 2).sum())
         self.nll += float(-np.log(np.maximum(p[y, np.arange(y.size)], NLL_FLOOR)).sum())
         self.count += y.size
-        self.uncertainty.append(uncertainty.reshape(-1).astype(np.float32))
+        for name, values in uncertainty.items():
+            self.uncertainty.setdefault(name, []).append(values.reshape(-1).astype(np.float32))
         self.error.append(~correct)
 
     def ece(self, part: str = "all") -> float:
@@ -73,9 +74,12 @@ class CalibrationAccumulator:
                     "count": count.astype(int).tolist()}
 
     def summary(self) -> dict:
+        """ECE (all voxels, boundary band), Brier, NLL per voxel, and ``error_auroc_<name>`` per uncertainty map."""
+        error = np.concatenate(self.error)
         return {"ece": self.ece("all"), "ece_boundary": self.ece("band"), "brier": self.brier / self.count,
                 "nll": self.nll / self.count,
-                "error_auroc": auroc(np.concatenate(self.uncertainty), np.concatenate(self.error))}
+                **{f"error_auroc_{name}": auroc(np.concatenate(values), error)
+                   for name, values in self.uncertainty.items()}}
 
 
 def auroc(scores: np.ndarray, positives: np.ndarray) -> float:

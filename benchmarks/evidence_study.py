@@ -7,6 +7,9 @@ evaluation is kept under --work and skipped when run again, so the study can be 
     .venv/bin/python benchmarks/evidence_study.py --dataset hc18 --replicates 2
     .venv/bin/python benchmarks/evidence_study.py --dataset hippocampus --replicates 3 --stage train
     .venv/bin/python benchmarks/evidence_study.py --dataset hippocampus --stage budget_curve
+    .venv/bin/python benchmarks/evidence_study.py --dataset hc18 --only_replicates 1   # one more, after a lost work
+
+``--only_replicates`` works on the named replicates alone: their results join the committed ones of the others.
 
 Protocol: the dataset's plans, fixed split and test cases of benchmarks/paper_claims.py; every model trained with
 ``--npz`` so its final validation keeps probabilities, from which the ensemble weight is chosen
@@ -56,12 +59,12 @@ BUDGET_CURVE = {300: ("nnUNetTrainer_300iters", "nnUNetTrainerDiffRecycle_blockF
                 3000: ("nnUNetTrainer_3000iters", "nnUNetTrainerDiffRecycle_blockFiLM_3000iters")}
 
 
-def training_order(replicates: int, methods: tuple[str, ...] = tuple(METHODS)) -> list[tuple[str, int]]:
+def training_order(replicates: list[int], methods: tuple[str, ...] = tuple(METHODS)) -> list[tuple[str, int]]:
     """(method, replicate) in the order that answers the most questions if the study is cut short: stock and the
     best-guess recycling model for every replicate first (replicates, and with them the stock seed-ensemble
     control, are what the claims need), then warm-started recycling, then 'stage' recycling."""
-    order = [(m, r) for r in range(replicates) for m in ("stock", "recycling_block")]
-    order += [(m, r) for m in ("recycling_warm", "recycling_stage") for r in range(replicates)]
+    order = [(m, r) for r in replicates for m in ("stock", "recycling_block")]
+    order += [(m, r) for m in ("recycling_warm", "recycling_stage") for r in replicates]
     return [(m, r) for m, r in order if m in methods]
 
 
@@ -93,7 +96,7 @@ def train_model(spec: dict, work: str, trainer: str, replicate: int, device: str
               open(os.path.join(folder, "fold_0", "study_training_time.json"), "w"))
 
 
-def train(spec: dict, work: str, replicates: int, device: str, methods: tuple[str, ...]) -> None:
+def train(spec: dict, work: str, replicates: list[int], device: str, methods: tuple[str, ...]) -> None:
     for method, replicate in training_order(replicates, methods):
         pretrained = None
         if "pretrained" in METHODS[method]:
@@ -107,9 +110,9 @@ def train(spec: dict, work: str, replicates: int, device: str, methods: tuple[st
         train_model(spec, work, METHODS[method]["trainer"], replicate, device, pretrained)
 
 
-def choose_ensembles(spec: dict, work: str, replicates: int) -> None:
+def choose_ensembles(spec: dict, work: str, replicates: list[int]) -> None:
     """The ensemble weight of each recycling model with its replicate's stock model, from validation only."""
-    for replicate in range(replicates):
+    for replicate in replicates:
         env = nnunet_env(work, replicate)
         stock = model_folder(env, spec, METHODS["stock"]["trainer"])
         for method in DIFFUSION_METHODS:
@@ -121,10 +124,10 @@ def choose_ensembles(spec: dict, work: str, replicates: int) -> None:
                 run(["nnUNetv2_diffusion_choose_ensemble", "-m", folder, "--ensemble_with", stock, "-f", "0"], env)
 
 
-def predict(spec: dict, work: str, replicates: int, device: str) -> None:
+def predict(spec: dict, work: str, replicates: list[int], device: str) -> None:
     common = ["-d", str(spec["id"]), "-c", spec["configuration"], "-f", "0", "-device", device, "--disable_tta",
               "-npp", "1", "-nps", "1"]
-    for replicate in range(replicates):
+    for replicate in replicates:
         env = {**nnunet_env(work, replicate), "nnUNet_n_proc_DA": "0"}
         images = os.path.join(env["nnUNet_raw"], spec["name"], "imagesTs")
         stock_trainer = METHODS["stock"]["trainer"]
@@ -146,10 +149,10 @@ def predict(spec: dict, work: str, replicates: int, device: str) -> None:
         for method, sampler, command in jobs:
             out = prediction_folder(work, replicate, method, sampler)
             _timed(os.path.join(out, "finished.json"), run, [*command, *common, "-i", images, "-o", out], env)
-        partner = (replicate + 1) % replicates
+        partner = replicates[(replicates.index(replicate) + 1) % len(replicates)]
         first, second = prediction_folder(work, replicate, "stock", None), prediction_folder(work, partner, "stock",
                                                                                              None)
-        if replicates > 1 and all(os.path.isfile(os.path.join(f, "finished.json")) for f in (first, second)):
+        if len(replicates) > 1 and all(os.path.isfile(os.path.join(f, "finished.json")) for f in (first, second)):
             _seed_ensemble(env, first, second, prediction_folder(work, replicate, "stock_seed_ensemble", None))
 
 
@@ -170,13 +173,13 @@ def _seed_ensemble(env: dict, first: str, second: str, out: str) -> None:
     json.dump({"seconds": time.time() - start, "pair": pair}, open(marker, "w"))
 
 
-def evaluate(spec: dict, work: str, replicates: int) -> str:
+def evaluate(spec: dict, work: str, replicates: list[int]) -> str:
     """One CSV row per replicate, method, sampler, step, case and label (cached per prediction folder), merged into
     the committed CSV: the prediction folders of a session replace their own rows and leave the rest, so results of
     models trained in earlier sessions (whose folders are gone) stay."""
     references, ending, reader, labels = test_cases(spec, work)
     rows = []
-    for replicate in range(replicates):
+    for replicate in replicates:
         root = os.path.join(work, "predictions", f"replicate_{replicate}")
         for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
             folder = os.path.join(root, name)
@@ -203,12 +206,12 @@ def _merged(path: str, rows: list[dict], group: tuple[str, ...]) -> list[dict]:
     return kept + rows
 
 
-def record_models(spec: dict, work: str, replicates: int) -> str:
+def record_models(spec: dict, work: str, replicates: list[int]) -> str:
     """docs/results/evidence_<dataset>_models.json: per method and replicate, the final-validation Dice (nnU-Net's
     summary.json), the training wall time and the ensemble weight chosen on validation; merged like the CSV."""
     path = os.path.join(REPO, "docs", "results", f"evidence_{spec['key']}_models.json")
     models = json.load(open(path)) if os.path.isfile(path) else {}
-    for replicate in range(replicates):
+    for replicate in replicates:
         env = nnunet_env(work, replicate)
         stock = model_folder(env, spec, METHODS["stock"]["trainer"])
         for method, settings in METHODS.items():
@@ -261,12 +264,14 @@ def main() -> None:
     parser.add_argument("--stage", choices=("all", "prepare", "train", "choose", "predict", "evaluate", "report",
                                             "budget_curve"), default="all")
     parser.add_argument("--replicates", type=int, default=None, help="default: 2 for hc18, 3 for hippocampus")
+    parser.add_argument("--only_replicates", type=int, nargs="+", default=None,
+                        help="train, choose, predict and evaluate these replicate numbers only (default: all)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated subset of {', '.join(METHODS)} to train (default: all)")
     args = parser.parse_args()
     spec = {**DATASETS[args.dataset], "key": args.dataset}
-    replicates = args.replicates or (2 if args.dataset == "hc18" else 3)
+    replicates = args.only_replicates or list(range(args.replicates or (2 if args.dataset == "hc18" else 3)))
     work = os.path.join(os.path.abspath(args.work), args.dataset)
     stages = (("prepare", "train", "choose", "predict", "evaluate", "report") if args.stage == "all"
               else (args.stage,))

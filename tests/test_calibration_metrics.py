@@ -26,16 +26,16 @@ def _two_class(confidence: float, correct_fraction: float, n: int = 10000):
 
 def test_ece_is_zero_when_confidence_matches_accuracy_and_the_gap_otherwise():
     calibrated = CalibrationAccumulator()
-    calibrated.add(*_two_class(0.8, 0.8), uncertainty=np.zeros(10000))
+    calibrated.add(*_two_class(0.8, 0.8), entropy=np.zeros(10000))
     assert calibrated.ece() == pytest.approx(0.0, abs=1e-9)
     overconfident = CalibrationAccumulator()
-    overconfident.add(*_two_class(0.99, 0.5), uncertainty=np.zeros(10000))
+    overconfident.add(*_two_class(0.99, 0.5), entropy=np.zeros(10000))
     assert overconfident.ece() == pytest.approx(0.49, abs=1e-9)
 
 
 def test_brier_and_nll_of_a_known_case():
     accumulator = CalibrationAccumulator()
-    accumulator.add(*_two_class(0.8, 0.5, n=2), uncertainty=np.zeros(2))
+    accumulator.add(*_two_class(0.8, 0.5, n=2), entropy=np.zeros(2))
     # one voxel right with p = 0.8, one wrong with p(true) = 0.2
     assert accumulator.summary()["brier"] == pytest.approx((2 * 0.2**2 + 2 * 0.8**2) / 2)
     assert accumulator.summary()["nll"] == pytest.approx(-(np.log(0.8) + np.log(0.2)) / 2)

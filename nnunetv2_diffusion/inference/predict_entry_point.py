@@ -102,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--save_steps", action="store_true",
                        help="Also write the segmentation after every denoising step to "
                             "<output>/steps/<case>_step<k><ending>.")
+    group.add_argument("--save_samples", action="store_true",
+                       help="Also write each of the --num_samples samples' own segmentation (and probabilities with "
+                            "--save_probabilities) to <output>/samples/<case>_sample<k><ending>. Sample k does not "
+                            "depend on K, so the first k samples are what --num_samples k would average.")
     group.add_argument("--ensemble_with", type=str, default=None, metavar="MODEL_FOLDER",
                        help="A stock nnU-Net model folder (same dataset, labels and preprocessing) whose softmax is "
                             "averaged with the diffusion probabilities before export; uses the same -f and -chk.")
@@ -180,7 +184,7 @@ def run(args: argparse.Namespace) -> None:
         perform_everything_on_device=not args.not_on_device, device=_device(args.device), verbose=args.verbose,
         verbose_preprocessing=args.verbose, allow_tqdm=not args.disable_progress_bar, sampler=args.sampler,
         steps=args.steps, eta=args.eta, seed=args.seed, num_samples=args.num_samples, save_steps=args.save_steps,
-        ensemble_weight=args.ensemble_weight, sample_batch=args.sample_batch)
+        ensemble_weight=args.ensemble_weight, sample_batch=args.sample_batch, save_samples=args.save_samples)
     predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk)
     if args.ensemble_with is not None:
         predictor.initialize_ensemble_model(args.ensemble_with, folds, checkpoint_name=args.chk)

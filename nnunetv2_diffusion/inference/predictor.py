@@ -72,6 +72,7 @@ DEFAULT_SAMPLE_BATCH = 1
 DEFAULT_SEED = 0
 """Inference is reproducible by default, like stock nnU-Net's; ``seed=None`` draws fresh noise every run."""
 
+SAMPLES_FOLDER = "samples"
 STEPS_FOLDER = "steps"
 UNCERTAINTY_FOLDER = "uncertainty"
 # Subfolders, not files next to the segmentations: nnU-Net's evaluation and ensembling read every file with the
@@ -89,11 +90,14 @@ class CasePrediction:
     mutual_information: with K > 1 samples, (*preprocessed spatial) float32 in nats: the entropy of the diffusion
         model's mean probabilities minus the mean entropy of its K samples (of every fold): how much the samples
         disagree; the stock model of an ensemble does not enter it. Else None.
+    sample_probabilities: with ``save_samples``, each sample's own probabilities (same shape), fold-major (fold 0's K
+        samples, then fold 1's); their mean is the diffusion part of ``probabilities``. Else None.
     """
 
     probabilities: torch.Tensor
     step_probabilities: list[torch.Tensor] | None = None
     mutual_information: torch.Tensor | None = None
+    sample_probabilities: list[torch.Tensor] | None = None
 
 
 class nnUNetDiffusionPredictor(nnUNetPredictor):
@@ -115,6 +119,10 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
         whole-case arrays and tile batches of memory.
     save_steps: also write the segmentation after every denoising step to ``<output>/steps/<case>_step<k><ending>``
         (k = 1..steps); per-step probabilities are kept in memory only then.
+    save_samples: also write each sample's own segmentation (and, with ``save_probabilities``, its probabilities) to
+        ``<output>/samples/<case>_sample<k><ending>`` (k = 1..folds x K, fold-major). Sample k's noise does not depend
+        on K, so the first k' samples of a K-sample run are the samples of a k'-sample run: one run gives every
+        smaller K.
     ensemble_weight: w of ``(1 - w) p_diffusion + w p_stock`` once :meth:`initialize_ensemble_model` set a stock
         model; averaged in preprocessed space, before export. None: the weight chosen on validation cases for that
         stock model (``nnUNetv2_diffusion_choose_ensemble``, recorded in the model folder), else 0.5.
@@ -125,7 +133,8 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
                  verbose: bool = False, verbose_preprocessing: bool = False, allow_tqdm: bool = True, *,
                  sampler: str | None = None, steps: int | None = None, eta: float | None = None,
                  seed: int | None = DEFAULT_SEED, num_samples: int = 1, save_steps: bool = False,
-                 ensemble_weight: float | None = None, sample_batch: int = DEFAULT_SAMPLE_BATCH):
+                 ensemble_weight: float | None = None, sample_batch: int = DEFAULT_SAMPLE_BATCH,
+                 save_samples: bool = False):
         check_predictor_options(sampler, steps, eta, num_samples, ensemble_weight)
         if sample_batch < 1:
             raise DiffusionPredictorError(f"sample_batch must be >= 1 (got {sample_batch})")
@@ -133,7 +142,7 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
                          verbose_preprocessing, allow_tqdm)
         self.sampler_name, self.num_steps, self.eta = sampler, steps, eta
         self.seed, self.num_samples, self.save_steps = seed, num_samples, save_steps
-        self.sample_batch = sample_batch
+        self.sample_batch, self.save_samples = sample_batch, save_samples
         self.ensemble_weight = ensemble_weight
         self.ensemble_weight_source = "given" if ensemble_weight is not None else None
         self.model_folder: str | None = None
@@ -232,6 +241,7 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
             parameters = self.list_of_parameters or [None]
             total = len(parameters) * self.num_samples * self.sampler.num_inference_steps
             probabilities, steps, expected_entropy = None, None, None
+            kept = [] if self.save_samples else None
             with tqdm(total=total, desc="denoising steps", leave=False, disable=not self.allow_tqdm) as progress:
                 for fold_index, fold_parameters in enumerate(parameters):
                     if fold_parameters is not None:
@@ -239,6 +249,8 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
                     seeds = [self.case_seed(data, fold_index, k) for k in range(self.num_samples)]
                     samples, sample_steps = self._sample(data, seeds, progress)
                     for p, p_steps in zip(samples, sample_steps, strict=True):
+                        if kept is not None:  # a copy: the running sum below starts as the first sample itself
+                            kept.append(p.clone())
                         probabilities = p if probabilities is None else probabilities.add_(p)
                         if self.num_samples > 1:  # the mean entropy of the samples, for the mutual information
                             h = entropy(p, self.regions)
@@ -258,7 +270,7 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
                 stock_logits = self.ensemble_predictor.predict_logits_from_preprocessed_data(data)
                 stock = self.label_manager.apply_inference_nonlin(stock_logits).cpu()
                 probabilities = (1 - self.ensemble_weight) * probabilities + self.ensemble_weight * stock
-            return CasePrediction(probabilities, steps, mutual_information)
+            return CasePrediction(probabilities, steps, mutual_information, kept)
         finally:
             torch.set_num_threads(threads)
 
@@ -450,6 +462,7 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
                 "schedule": config.schedule, "seed": self.seed,
                 "seed_rule": "per case, fold and sample: blake2b(seed, case shape, fold, sample, case content)",
                 "num_samples": self.num_samples, "sample_batch": self.sample_batch, "save_steps": self.save_steps,
+                "save_samples": self.save_samples,
                 "ensemble_with": self.ensemble_source,
                 "ensemble_weight": self.ensemble_weight if self.ensemble_source else None,
                 "ensemble_weight_source": self.ensemble_weight_source if self.ensemble_source else None,
@@ -517,7 +530,7 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
                         ofile: str, save_probabilities: bool, uncertainty_folders: set):
         """Queues the files of one case: the segmentation (its job is returned), the uncertainty maps and scores with
         K > 1 samples (adding their folder to ``uncertainty_folders``), the per-step segmentations with
-        ``save_steps``."""
+        ``save_steps``, each sample's segmentation (and probabilities) with ``save_samples``."""
         folder, name = os.path.dirname(os.path.abspath(ofile)), os.path.basename(ofile)
         jobs.add_folder(folder)
         common = (properties, self.configuration_manager, self.plans_manager, self.dataset_json)
@@ -534,4 +547,11 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
             for k, step in enumerate(case.step_probabilities, start=1):
                 jobs.submit(export_prediction_atomically, (export_logits(step, self.regions).numpy(), *common,
                                                            join(folder, STEPS_FOLDER, f"{name}_step{k}"), False))
+        if case.sample_probabilities is not None:
+            os.makedirs(join(folder, SAMPLES_FOLDER), exist_ok=True)
+            jobs.add_folder(join(folder, SAMPLES_FOLDER))
+            for k, sample in enumerate(case.sample_probabilities, start=1):
+                jobs.submit(export_prediction_atomically, (export_logits(sample, self.regions).numpy(), *common,
+                                                           join(folder, SAMPLES_FOLDER, f"{name}_sample{k}"),
+                                                           save_probabilities))
         return segmentation

@@ -51,8 +51,8 @@ def test_maps_and_table_are_written_in_the_input_geometry(nnunet_env, tmp_path):
     for index in range(2):
         write_raw_case(tmp_path / "in", f"case{index}", (40, 44), spacing=(0.8, 1.25, 1.0), seed=index)
     out = tmp_path / "out"
-    _predictor(folder, num_samples=2, steps=2).predict_from_files_sequential(str(tmp_path / "in"), str(out),
-                                                                             save_probabilities=True)
+    _predictor(folder, num_samples=2, steps=2, save_samples=True).predict_from_files_sequential(
+        str(tmp_path / "in"), str(out), save_probabilities=True)
     reference = sitk.ReadImage(str(tmp_path / "in" / "case0_0000.nii.gz"))
     maps = {kind: sitk.ReadImage(str(out / "uncertainty" / f"case0_{kind}.nii.gz"))
             for kind in ("entropy", "mutual_information")}
@@ -63,6 +63,15 @@ def test_maps_and_table_are_written_in_the_input_geometry(nnunet_env, tmp_path):
     np.testing.assert_allclose(entropy_map, entropy_of_probabilities(probabilities), atol=1e-5)
     assert information.min() >= 0 and information.max() > 0
     assert np.all(information <= entropy_map + 1e-3)  # the samples' disagreement is part of the total
+    # each sample's own export, in the same geometry; their mean is the exported mean up to the resampling to this
+    # case's spacing, which nnU-Net applies to logits before the softmax (exact where the export does not resample)
+    samples = [np.load(out / "samples" / f"case0_sample{k}.npz")["probabilities"] for k in (1, 2)]
+    assert samples[0].shape == probabilities.shape
+    assert np.abs(np.mean(samples, 0) - probabilities).mean() < 0.01
+    assert not np.allclose(samples[0], samples[1], atol=1e-3)
+    assert sorted(p.name for p in (out / "samples").iterdir() if p.name.startswith("case1")) == [
+        "case1_sample1.nii.gz", "case1_sample1.npz", "case1_sample1.pkl", "case1_sample2.nii.gz", "case1_sample2.npz",
+        "case1_sample2.pkl"]
     with open(out / "uncertainty" / "uncertainty_per_case.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["case"] for r in rows] == ["case0", "case1"]
@@ -91,3 +100,17 @@ def test_batched_samples_are_the_sequential_samples(nnunet_env, trainer_class):
         torch.testing.assert_close(batched.mutual_information, sequential.mutual_information, rtol=0, atol=1e-5)
         for a, b in zip(batched.step_probabilities, sequential.step_probabilities, strict=True):
             torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_saved_samples_are_the_samples_of_smaller_k(nnunet_env):
+    # sample k's noise depends on k, not on K: the first samples of a K = 4 run average to a K = 1 or K = 2 run
+    folder = write_model_folder(nnunet_env["nnUNet_results"], nnUNetTrainerDiffRecycle_10iters)
+    data = torch.randn(1, 1, 36, 40, generator=torch.Generator().manual_seed(2))
+    case = _predictor(folder, num_samples=4, steps=2, save_samples=True, sample_batch=2).predict_case(data)
+    assert len(case.sample_probabilities) == 4
+    torch.testing.assert_close(torch.stack(case.sample_probabilities).mean(0), case.probabilities, rtol=0, atol=1e-6)
+    for k in (1, 2):
+        smaller = _predictor(folder, num_samples=k, steps=2).predict_case(data)
+        assert smaller.sample_probabilities is None
+        torch.testing.assert_close(torch.stack(case.sample_probabilities[:k]).mean(0), smaller.probabilities, rtol=0,
+                                   atol=1e-5)
