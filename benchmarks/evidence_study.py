@@ -124,7 +124,7 @@ def choose_ensembles(spec: dict, work: str, replicates: list[int]) -> None:
                 run(["nnUNetv2_diffusion_choose_ensemble", "-m", folder, "--ensemble_with", stock, "-f", "0"], env)
 
 
-def predict(spec: dict, work: str, replicates: list[int], device: str) -> None:
+def predict(spec: dict, work: str, replicates: list[int], device: str, samplers: tuple[str, ...] = SAMPLERS) -> None:
     common = ["-d", str(spec["id"]), "-c", spec["configuration"], "-f", "0", "-device", device, "--disable_tta",
               "-npp", "1", "-nps", "1"]
     for replicate in replicates:
@@ -138,7 +138,7 @@ def predict(spec: dict, work: str, replicates: list[int], device: str) -> None:
             trainer = METHODS[method]["trainer"]
             if not is_trained(env, spec, trainer):
                 continue
-            for sampler in SAMPLERS:
+            for sampler in samplers:
                 jobs.append((method, sampler, ["nnUNetv2_predict_diffusion", "-tr", trainer, "--sampler", sampler,
                                                "--steps", str(STEPS), "--save_steps", "--seed", "0"]))
             if read_ensemble_choice(model_folder(env, spec, trainer), model_folder(env, spec, stock_trainer)):
@@ -267,6 +267,8 @@ def main() -> None:
     parser.add_argument("--only_replicates", type=int, nargs="+", default=None,
                         help="train, choose, predict and evaluate these replicate numbers only (default: all)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--samplers", default=",".join(SAMPLERS),
+                        help="comma-separated samplers the diffusion models predict with (default: all)")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated subset of {', '.join(METHODS)} to train (default: all)")
     args = parser.parse_args()
@@ -283,7 +285,7 @@ def main() -> None:
     if "choose" in stages:
         choose_ensembles(spec, work, replicates)
     if "predict" in stages:
-        predict(spec, work, replicates, args.device)
+        predict(spec, work, replicates, args.device, tuple(args.samplers.split(",")))
     if "evaluate" in stages:
         evaluate(spec, work, replicates)
     if "report" in stages:
