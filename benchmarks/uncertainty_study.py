@@ -85,6 +85,12 @@ def stock_temperature(spec: dict, work: str, replicate: int) -> float:
     return fit_temperature([_probabilities(f) for f in files], references)
 
 
+def _saved_samples(folders: dict, case: str, k: int) -> list[np.ndarray]:
+    """The first k saved samples' probabilities of one test case, as exported."""
+    return [_probabilities(os.path.join(folders["diffusion"], "samples", f"{case}_sample{i}.npz"))
+            for i in range(1, k + 1)]
+
+
 def case_probabilities(folders: dict, case: str, method: str, temperature: float, samples: int):
     """(probabilities (C, *spatial), mutual information (*spatial) or None) of one test case for one method:
     ``stock``, ``stock_temperature`` or ``diffusion_k<k>``, the mean of the first k saved samples (k = ``samples``:
@@ -93,13 +99,13 @@ def case_probabilities(folders: dict, case: str, method: str, temperature: float
         p = _probabilities(os.path.join(folders["stock"], case + ".npz"))
         return (temperature_scaled(p, temperature) if method == "stock_temperature" else p), None
     k = int(method[len("diffusion_k"):])
-    drawn = [_probabilities(os.path.join(folders["diffusion"], "samples", f"{case}_sample{i}.npz"))
-             for i in range(1, k + 1)]
-    p = _probabilities(os.path.join(folders["diffusion"], case + ".npz")) if k == samples else np.mean(drawn, 0)
+    drawn = _saved_samples(folders, case, k)
+    mean = np.mean(drawn, 0)
+    p = _probabilities(os.path.join(folders["diffusion"], case + ".npz")) if k == samples else mean
     if k == 1:
         return p, None
     mean_entropy = np.mean([entropy_of_probabilities(d) for d in drawn], 0)
-    return p, np.maximum(entropy_of_probabilities(np.mean(drawn, 0)) - mean_entropy, 0)
+    return p, np.maximum(entropy_of_probabilities(mean) - mean_entropy, 0)
 
 
 def metrics(spec: dict, work: str, folders: dict, temperature: float, ks: list[int]) -> dict:
@@ -138,8 +144,7 @@ def export_consistency(spec: dict, work: str, folders: dict, samples: int) -> fl
     largest = 0.0
     for reference_file in references:
         case = os.path.basename(reference_file)[: -len(ending)]
-        mean = np.mean([_probabilities(os.path.join(folders["diffusion"], "samples", f"{case}_sample{i}.npz"))
-                        for i in range(1, samples + 1)], 0)
+        mean = np.mean(_saved_samples(folders, case, samples), 0)
         exported = _probabilities(os.path.join(folders["diffusion"], case + ".npz"))
         largest = max(largest, float(np.abs(mean - exported).max()))
     return largest
