@@ -3,7 +3,8 @@
 Per case, Dice and HD95 are averaged over labels, then over the replicates that have the method; paired Wilcoxon
 signed-rank tests compare two methods on the test cases both have. "recycling" is the recycling model with the best
 mean final-validation Dice (nnU-Net's summary.json, averaged over replicates): it is chosen on validation, never on
-the test cases, and "ensemble" is stock + that model at the validation-chosen weight.
+the test cases, and "ensemble" is stock + that model at the validation-chosen weight (so only models whose ensemble
+was predicted are candidates).
 """
 
 import json
@@ -94,7 +95,9 @@ def write_evidence(spec: dict) -> dict:
     models_path = os.path.join(REPO, "docs", "results", f"evidence_{key}_models.json")
     models = json.load(open(models_path)) if os.path.isfile(models_path) else {}
     validation = {m: validation_dice(models, m) for m in DIFFUSION_METHODS}
-    candidates = [m for m in DIFFUSION_METHODS if validation[m] is not None and m in present]
+    # "ensemble" is stock + the chosen model, so a model whose ensemble was not predicted cannot be chosen
+    candidates = [m for m in DIFFUSION_METHODS
+                  if validation[m] is not None and m in present and f"ensemble_{m}" in present]
     best = max(candidates, key=lambda m: validation[m]) if candidates else None
     sources = {"stock": ("stock", "-"), "stock_seed_ensemble": ("stock_seed_ensemble", "-")}
     for method in DIFFUSION_METHODS:

@@ -1,9 +1,9 @@
 """Seconds per case of K diffusion samples run one after the other (--sample_batch 1) and together (--sample_batch K),
 measured side by side on the same preprocessed cases, rounds alternating, for K = 1, 4, 8.
 
-    .venv/bin/python benchmarks/sample_batch_speed.py -m <diffusion model folder> -i <imagesTs> --cases 5
+    .venv/bin/python benchmarks/sample_batch_speed.py -m <diffusion model folder> -i <imagesTs> --cases 5 [--name N]
 
-Writes docs/results/sample_batch_speed.json (per K: seconds per case of each form, their ratio, per round).
+Writes docs/results/sample_batch_speed[_N].json (per K: seconds per case of each form, their ratio, per round).
 """
 
 import argparse
@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--name", default=None, help="suffix of the result file, e.g. the dataset")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     results = {"model": os.path.abspath(args.m), "cases": args.cases, "device": args.device,
@@ -61,7 +62,7 @@ def main() -> None:
                                       "rounds": {str(b): t for b, t in timings.items()}}
         log(f"K={k}: sequential {sequential:.2f} s/case, batched {together:.2f} s/case "
             f"({sequential / together:.2f}x)")
-    path = os.path.join(REPO, "docs", "results", "sample_batch_speed.json")
+    path = os.path.join(REPO, "docs", "results", f"sample_batch_speed{'_' + args.name if args.name else ''}.json")
     with open(path, "w") as f:
         json.dump(results, f, indent=1)
     log(f"wrote {path}")
