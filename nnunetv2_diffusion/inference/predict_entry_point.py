@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--sample_batch", type=int, default=DEFAULT_SAMPLE_BATCH,
                        help="Run this many of the --num_samples samples together, their tiles batched into one "
                             "network call (more memory; the result is the same up to floating-point rounding). "
-                            f"Default: {DEFAULT_SAMPLE_BATCH}")
+                            "Default: all of them")
     group.add_argument("--save_steps", action="store_true",
                        help="Also write the segmentation after every denoising step to "
                             "<output>/steps/<case>_step<k><ending>.")

@@ -67,8 +67,9 @@ from nnunetv2_diffusion.networks.wrappers import unwrap_network
 
 __all__ = ["DEFAULT_SEED", "CasePrediction", "DiffusionPredictorError", "nnUNetDiffusionPredictor"]
 
-DEFAULT_SAMPLE_BATCH = 1
-"""Samples that run together by default (measured in docs/uncertainty.md, "Cost")."""
+DEFAULT_SAMPLE_BATCH = None
+"""By default all K samples run together: 0.99-1.13x the sequential speed on HC18, 2.1x for K = 8 on Hippocampus
+(docs/uncertainty.md, "Cost")."""
 DEFAULT_SEED = 0
 """Inference is reproducible by default, like stock nnU-Net's; ``seed=None`` draws fresh noise every run."""
 
@@ -116,7 +117,7 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
         DDIM at eta 0 samples differ only through their starting noise x_T.
     sample_batch: how many of the K samples run together, their tiles batched into one network call (each keeps its
         own seeded noise, so the result does not depend on it beyond floating-point rounding); costs that many
-        whole-case arrays and tile batches of memory.
+        whole-case arrays and tile batches of memory. None (default): all ``num_samples`` together.
     save_steps: also write the segmentation after every denoising step to ``<output>/steps/<case>_step<k><ending>``
         (k = 1..steps); per-step probabilities are kept in memory only then.
     save_samples: also write each sample's own segmentation (and, with ``save_probabilities``, its probabilities) to
@@ -133,16 +134,16 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
                  verbose: bool = False, verbose_preprocessing: bool = False, allow_tqdm: bool = True, *,
                  sampler: str | None = None, steps: int | None = None, eta: float | None = None,
                  seed: int | None = DEFAULT_SEED, num_samples: int = 1, save_steps: bool = False,
-                 ensemble_weight: float | None = None, sample_batch: int = DEFAULT_SAMPLE_BATCH,
+                 ensemble_weight: float | None = None, sample_batch: int | None = DEFAULT_SAMPLE_BATCH,
                  save_samples: bool = False):
         check_predictor_options(sampler, steps, eta, num_samples, ensemble_weight)
-        if sample_batch < 1:
+        if sample_batch is not None and sample_batch < 1:
             raise DiffusionPredictorError(f"sample_batch must be >= 1 (got {sample_batch})")
         super().__init__(tile_step_size, use_gaussian, use_mirroring, perform_everything_on_device, device, verbose,
                          verbose_preprocessing, allow_tqdm)
         self.sampler_name, self.num_steps, self.eta = sampler, steps, eta
         self.seed, self.num_samples, self.save_steps = seed, num_samples, save_steps
-        self.sample_batch, self.save_samples = sample_batch, save_samples
+        self.sample_batch, self.save_samples = sample_batch or num_samples, save_samples
         self.ensemble_weight = ensemble_weight
         self.ensemble_weight_source = "given" if ensemble_weight is not None else None
         self.model_folder: str | None = None

@@ -93,7 +93,8 @@ def test_batched_samples_are_the_sequential_samples(nnunet_env, trainer_class):
     # each sample keeps its own seeded generator, so running them together changes nothing but rounding
     folder = write_model_folder(nnunet_env["nnUNet_results"], trainer_class)
     data = torch.randn(1, 1, 44, 50, generator=torch.Generator().manual_seed(1))  # several tiles of 32 x 32
-    sequential = _predictor(folder, num_samples=4, steps=3, save_steps=True).predict_case(data)
+    assert _predictor(folder, num_samples=4).sample_batch == 4  # the default runs all samples together
+    sequential = _predictor(folder, num_samples=4, steps=3, save_steps=True, sample_batch=1).predict_case(data)
     for batch in (2, 4):
         batched = _predictor(folder, num_samples=4, steps=3, save_steps=True, sample_batch=batch).predict_case(data)
         torch.testing.assert_close(batched.probabilities, sequential.probabilities, rtol=0, atol=1e-5)
