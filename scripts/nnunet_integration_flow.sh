@@ -12,7 +12,7 @@
 # model) and with our nnUNetv2_predict_diffusion (global-step sampling, the recommended path). When the selection is
 # a single model, the two best configurations are still ensembled, so nnUNetv2_ensemble always runs.
 #
-#   bash scripts/nnunet_integration_flow.sh        # about 30 min on 2 CPU cores; finished trainings are skipped
+#   bash scripts/nnunet_integration_flow.sh        # about 40 min on 2 CPU cores; finished trainings are skipped
 #
 # Settings (environment): TRAINER (default nnUNetTrainerDiffRecycle_10iters); CASES, how many of the 208 shipped
 # volumes make the dataset (default 60: every final validation samples each validation volume with 8 mirrors, about
