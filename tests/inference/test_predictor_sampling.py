@@ -71,11 +71,13 @@ def test_network_is_called_steps_x_tiles_x_mirrors_times_with_all_tiles_at_one_s
 
 def test_calls_scale_with_folds_and_samples(nnunet_env):
     folder = write_model_folder(nnunet_env["nnUNet_results"], nnUNetTrainerDiffRecycle_10iters, folds=(0, 1))
-    predictor = _predictor(folder, folds=(0, 1), steps=2, num_samples=3)
-    calls = []
-    predictor.diffusion_network.unet.register_forward_hook(lambda *args: calls.append(1))
-    predictor.predict_case(torch.randn(1, 1, 40, 40))  # 2 x 2 tiles
-    assert len(calls) == 2 * 3 * 2 * 4
+    data = torch.randn(1, 1, 40, 40)  # 2 x 2 tiles
+    for sample_batch, expected in ((1, 2 * 3 * 2 * 4), (None, 2 * 2 * 4)):  # default: the 3 samples share each call
+        predictor = _predictor(folder, folds=(0, 1), steps=2, num_samples=3, sample_batch=sample_batch)
+        calls = []
+        predictor.diffusion_network.unet.register_forward_hook(lambda *args: calls.append(1))
+        predictor.predict_case(data)
+        assert len(calls) == expected, sample_batch
 
 
 def test_same_seed_same_output_other_seed_other_output_whatever_the_case_order(nnunet_env):
