@@ -75,7 +75,7 @@ def test_calls_scale_with_folds_and_samples(nnunet_env):
     for sample_batch, expected in ((1, 2 * 3 * 2 * 4), (None, 2 * 2 * 4)):  # default: the 3 samples share each call
         predictor = _predictor(folder, folds=(0, 1), steps=2, num_samples=3, sample_batch=sample_batch)
         calls = []
-        predictor.diffusion_network.unet.register_forward_hook(lambda *args: calls.append(1))
+        predictor.diffusion_network.unet.register_forward_hook(lambda *args, calls=calls: calls.append(1))
         predictor.predict_case(data)
         assert len(calls) == expected, sample_batch
 
