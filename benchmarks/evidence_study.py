@@ -149,11 +149,22 @@ def predict(spec: dict, work: str, replicates: list[int], device: str, samplers:
         for method, sampler, command in jobs:
             out = prediction_folder(work, replicate, method, sampler)
             _timed(os.path.join(out, "finished.json"), run, [*command, *common, "-i", images, "-o", out], env)
-        partner = replicates[(replicates.index(replicate) + 1) % len(replicates)]
-        first, second = prediction_folder(work, replicate, "stock", None), prediction_folder(work, partner, "stock",
-                                                                                             None)
-        if len(replicates) > 1 and all(os.path.isfile(os.path.join(f, "finished.json")) for f in (first, second)):
-            _seed_ensemble(env, first, second, prediction_folder(work, replicate, "stock_seed_ensemble", None))
+    for replicate, partner in seed_ensemble_pairs(replicates):
+        first, second = (prediction_folder(work, r, "stock", None) for r in (replicate, partner))
+        if all(os.path.isfile(os.path.join(f, "finished.json")) for f in (first, second)):
+            _seed_ensemble(nnunet_env(work, replicate), first, second,
+                           prediction_folder(work, replicate, "stock_seed_ensemble", None))
+
+
+def seed_ensemble_pairs(replicates: list[int]) -> list[tuple[int, int]]:
+    """(replicate, partner) stock pairs of the seed-ensemble control, each unordered pair once: every replicate
+    with the next in a cycle, so that three or more replicates give as many distinct pairs; two give one pair (the
+    cycle would repeat it under the second replicate and count the same ensemble twice)."""
+    if len(replicates) < 2:
+        return []
+    if len(replicates) == 2:
+        return [(replicates[0], replicates[1])]
+    return [(r, replicates[(i + 1) % len(replicates)]) for i, r in enumerate(replicates)]
 
 
 def _seed_ensemble(env: dict, first: str, second: str, out: str) -> None:
