@@ -18,7 +18,7 @@ from scipy.stats import wilcoxon
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from benchmark_protocol import REPO, STEPS  # noqa: E402
-from evidence_study import DIFFUSION_METHODS, ITERATIONS  # noqa: E402
+from evidence_study import DIFFUSION_METHODS, ITERATIONS, STOCK_METHODS  # noqa: E402
 
 EVIDENCE = os.path.join(REPO, "docs", "results", "evidence.json")
 
@@ -59,10 +59,9 @@ def _plot(cases: pd.DataFrame, key: str) -> list[str]:
             curve = cases[(cases.method == method) & (cases.sampler == sampler)].groupby("step")["Dice"].mean()
             if len(curve):
                 ax.plot(curve.index, curve.values, style, label=f"{method} {sampler}")
-    for method in ("stock", "stock_seed_ensemble"):
+    for method, color in zip((*STOCK_METHODS, "stock_seed_ensemble"), ("k", "tab:brown", "0.5"), strict=True):
         if method in set(cases.method):
-            ax.axhline(cases[cases.method == method]["Dice"].mean(), linestyle=":", color="k" if method == "stock"
-                       else "0.5", label=method)
+            ax.axhline(cases[cases.method == method]["Dice"].mean(), linestyle=":", color=color, label=method)
     ax.set_xlabel("sampling step")
     ax.set_ylabel("mean test Dice")
     ax.set_xticks(range(1, STEPS + 1))
@@ -87,6 +86,42 @@ def _plot(cases: pd.DataFrame, key: str) -> list[str]:
     return paths
 
 
+def budget_curve(key: str, cases: pd.DataFrame) -> dict:
+    """Mean test Dice of stock and 'block' recycling (DDPM, final step) per training budget, with their paired test:
+    the budget-curve runs (one replicate each) and the main study's 1000-iteration models (all replicates). Plotted
+    to docs/evidence_<dataset>_budget_curve.png; empty without budget-curve results."""
+    path = os.path.join(REPO, "docs", "results", f"evidence_{key}_budget_curve.csv")
+    if not os.path.isfile(path):
+        return {}
+    frame = pd.read_csv(path)
+    per_case_dice = frame[frame.step == STEPS].groupby(["iterations", "method", "case"])["Dice"].mean()
+    curve = {}
+    for (iterations, method), values in per_case_dice.groupby(level=["iterations", "method"]):
+        curve.setdefault(int(iterations), {})[method] = values.droplevel(["iterations", "method"])
+    main = {"stock": final_metric(cases, "stock", "-"), "recycling_block": final_metric(cases, "recycling_block",
+                                                                                        "ddpm")}
+    curve.setdefault(ITERATIONS["stock"], {}).update({m: values for m, values in main.items() if len(values)})
+    result = {}
+    for iterations in sorted(curve):
+        point = curve[iterations]
+        result[str(iterations)] = {f"{m}_dice": float(values.mean()) for m, values in point.items()}
+        if len(point) == 2:
+            result[str(iterations)]["recycling_block vs stock"] = paired(point["recycling_block"], point["stock"])
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for method, style in (("stock", "-o"), ("recycling_block", "--s")):
+        budgets = [i for i in sorted(curve) if method in curve[i]]
+        ax.plot(budgets, [curve[i][method].mean() for i in budgets], style, label=method)
+    ax.set_xscale("log")
+    ax.set_xlabel("training iterations")
+    ax.set_ylabel("mean test Dice")
+    ax.set_title(f"{key}: Dice vs training budget")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(REPO, "docs", f"evidence_{key}_budget_curve.png"), dpi=110)
+    plt.close(fig)
+    return result
+
+
 def write_evidence(spec: dict) -> dict:
     key = spec["key"]
     frame = pd.read_csv(os.path.join(REPO, "docs", "results", f"evidence_{key}_cases.csv"))
@@ -99,7 +134,7 @@ def write_evidence(spec: dict) -> dict:
     candidates = [m for m in DIFFUSION_METHODS
                   if validation[m] is not None and m in present and f"ensemble_{m}" in present]
     best = max(candidates, key=lambda m: validation[m]) if candidates else None
-    sources = {"stock": ("stock", "-"), "stock_seed_ensemble": ("stock_seed_ensemble", "-")}
+    sources = {m: (m, "-") for m in (*STOCK_METHODS, "stock_seed_ensemble")}
     for method in DIFFUSION_METHODS:
         sources.update({f"{method}_{sampler}": (method, sampler) for sampler in ("ddpm", "ddim")})
         sources[f"ensemble_{method}"] = (f"ensemble_{method}", "ddpm")
@@ -112,7 +147,9 @@ def write_evidence(spec: dict) -> dict:
     comparisons = [("recycling", "stock"), ("ensemble", "stock"), ("ensemble", "stock_seed_ensemble"),
                    ("stock_seed_ensemble", "stock"), *[(f"{m}_ddpm", "stock") for m in DIFFUSION_METHODS],
                    *[(f"ensemble_{m}", "stock_seed_ensemble") for m in DIFFUSION_METHODS],
-                   ("recycling_block_ddpm", "recycling_stage_ddpm"), ("recycling_warm_ddpm", "recycling_block_ddpm")]
+                   ("recycling_block_ddpm", "recycling_stage_ddpm"), ("recycling_warm_ddpm", "recycling_block_ddpm"),
+                   ("stock_1300", "stock"), ("recycling_warm_ddpm", "stock_1300"),
+                   ("ensemble_recycling_warm", "stock_1300")]
     result = {
         "iterations": ITERATIONS.get(best, 1000) if best else 1000,
         "replicates": int(frame.replicate.nunique()),
@@ -128,6 +165,10 @@ def write_evidence(spec: dict) -> dict:
                           if m in present},
         "plots": [os.path.relpath(p, REPO) for p in _plot(cases, key)],
     }
+    curve = budget_curve(key, cases)
+    if curve:
+        result["budget_curve"] = curve
+        result["plots"].append(f"docs/evidence_{key}_budget_curve.png")
     evidence = json.load(open(EVIDENCE)) if os.path.isfile(EVIDENCE) else {}
     evidence[key] = result
     with open(EVIDENCE, "w") as f:

@@ -1,12 +1,13 @@
 """What the diffusion part adds: stock nnU-Net, a stock seed-ensemble, recycling with either timestep conditioning,
-warm-started recycling and the validation-weighted ensembles, at >= 1000 iterations, with replicates.
+warm-started recycling (with stock trained as long as its total as the control) and the validation-weighted
+ensembles, at >= 1000 iterations, with replicates; and a budget curve of stock vs recycling.
 
 Resumable and in stages: every finished training (nnU-Net's ``--c`` continues an interrupted one), prediction and
 evaluation is kept under --work and skipped when run again, so the study can be stopped and continued at any point.
 
     .venv/bin/python benchmarks/evidence_study.py --dataset hc18 --replicates 2
     .venv/bin/python benchmarks/evidence_study.py --dataset hippocampus --replicates 3 --stage train
-    .venv/bin/python benchmarks/evidence_study.py --dataset hippocampus --stage budget_curve
+    .venv/bin/python benchmarks/evidence_study.py --dataset hippocampus --stage budget_curve --budgets 300
     .venv/bin/python benchmarks/evidence_study.py --dataset hc18 --only_replicates 1   # one more, after a lost work
 
 ``--only_replicates`` works on the named replicates alone: their results join the committed ones of the others.
@@ -51,20 +52,24 @@ METHODS = {  # name: trainer (full class name), and the method whose final check
     "recycling_stage": {"trainer": "nnUNetTrainerDiffRecycle_1000iters"},
     "recycling_block": {"trainer": "nnUNetTrainerDiffRecycle_blockFiLM_1000iters"},
     "recycling_warm": {"trainer": "nnUNetTrainerDiffRecycle_blockFiLM_warm300iters", "pretrained": "stock"},
+    # the warm start's equal-total-budget control: stock trained as long as stock + its fine-tuning
+    "stock_1300": {"trainer": "nnUNetTrainer_1300iters"},
 }
-DIFFUSION_METHODS = [m for m in METHODS if m != "stock"]
-ITERATIONS = {"stock": 1000, "recycling_stage": 1000, "recycling_block": 1000, "recycling_warm": 1000 + 300}
+STOCK_METHODS = ("stock", "stock_1300")
+DIFFUSION_METHODS = [m for m in METHODS if m not in STOCK_METHODS]
+ITERATIONS = {"stock": 1000, "recycling_stage": 1000, "recycling_block": 1000, "recycling_warm": 1000 + 300,
+              "stock_1300": 1300}
+# budget curve, one replicate per point; its 1000-iteration point is the main study's stock and 'block' recycling
 BUDGET_CURVE = {300: ("nnUNetTrainer_300iters", "nnUNetTrainerDiffRecycle_blockFiLM_300iters"),
-                1000: ("nnUNetTrainer_1000iters", "nnUNetTrainerDiffRecycle_blockFiLM_1000iters"),
                 3000: ("nnUNetTrainer_3000iters", "nnUNetTrainerDiffRecycle_blockFiLM_3000iters")}
 
 
 def training_order(replicates: list[int], methods: tuple[str, ...] = tuple(METHODS)) -> list[tuple[str, int]]:
     """(method, replicate) in the order that answers the most questions if the study is cut short: stock and the
     best-guess recycling model for every replicate first (replicates, and with them the stock seed-ensemble
-    control, are what the claims need), then warm-started recycling, then 'stage' recycling."""
+    control, are what the claims need), then warm-started recycling, 'stage' recycling and stock at 1300."""
     order = [(m, r) for r in replicates for m in ("stock", "recycling_block")]
-    order += [(m, r) for m in ("recycling_warm", "recycling_stage") for r in replicates]
+    order += [(m, r) for m in ("recycling_warm", "recycling_stage", "stock_1300") for r in replicates]
     return [(m, r) for m, r in order if m in methods]
 
 
@@ -132,8 +137,11 @@ def predict(spec: dict, work: str, replicates: list[int], device: str, samplers:
         images = os.path.join(env["nnUNet_raw"], spec["name"], "imagesTs")
         stock_trainer = METHODS["stock"]["trainer"]
         jobs = []
-        if is_trained(env, spec, stock_trainer):
-            jobs.append(("stock", None, ["nnUNetv2_predict", "-tr", stock_trainer, "--save_probabilities"]))
+        for method in STOCK_METHODS:
+            if is_trained(env, spec, METHODS[method]["trainer"]):
+                # stock's probabilities feed the seed-ensemble control
+                jobs.append((method, None, ["nnUNetv2_predict", "-tr", METHODS[method]["trainer"],
+                                            *(["--save_probabilities"] if method == "stock" else [])]))
         for method in DIFFUSION_METHODS:
             trainer = METHODS[method]["trainer"]
             if not is_trained(env, spec, trainer):
@@ -235,7 +243,7 @@ def record_models(spec: dict, work: str, replicates: list[int]) -> str:
             timing = os.path.join(fold, "study_training_time.json")
             if os.path.isfile(timing):
                 record["training_seconds"] = round(json.load(open(timing))["seconds"])
-            choice = read_ensemble_choice(os.path.dirname(fold), stock) if method != "stock" else None
+            choice = read_ensemble_choice(os.path.dirname(fold), stock) if method in DIFFUSION_METHODS else None
             if choice is not None:
                 record["ensemble_choice"] = choice
             models.setdefault(method, {})[str(replicate)] = record
@@ -244,27 +252,39 @@ def record_models(spec: dict, work: str, replicates: list[int]) -> str:
     return path
 
 
-def budget_curve(spec: dict, work: str, device: str) -> None:
-    """Stock vs block-conditioned recycling at 300, 1000 and 3000 iterations, one replicate, in its own results."""
+def budget_curve(spec: dict, work: str, device: str, budgets: list[int]) -> str:
+    """Stock vs block-conditioned recycling (DDPM) at the ``budgets`` of BUDGET_CURVE, one replicate each, trained,
+    predicted and evaluated in ``<work>/budget_curve``; rows merged into docs/results/evidence_<dataset>_budget_curve
+    .csv (the report adds the main study's 1000-iteration point)."""
     curve_work = os.path.join(work, "budget_curve")
     for source in ("nnUNet_raw", "nnUNet_preprocessed"):  # share the converted and preprocessed data
         target = os.path.join(curve_work, source)
         if not os.path.exists(target):
             os.makedirs(curve_work, exist_ok=True)
             os.symlink(os.path.join(work, source), target)
-    for trainers in BUDGET_CURVE.values():
-        for trainer in trainers:
-            train_model(spec, curve_work, trainer, 0, device)
     env = {**nnunet_env(curve_work, 0), "nnUNet_n_proc_DA": "0"}
     images = os.path.join(env["nnUNet_raw"], spec["name"], "imagesTs")
     common = ["-d", str(spec["id"]), "-c", spec["configuration"], "-f", "0", "-device", device, "--disable_tta",
               "-npp", "1", "-nps", "1", "-i", images]
-    for iterations, (stock, recycling) in BUDGET_CURVE.items():
-        for method, command in ((f"stock_{iterations}", ["nnUNetv2_predict", "-tr", stock]),
-                                (f"recycling_{iterations}", ["nnUNetv2_predict_diffusion", "-tr", recycling,
-                                                             "--sampler", "ddpm", "--steps", str(STEPS)])):
-            out = prediction_folder(curve_work, 0, method, None)
+    references, ending, reader, labels = test_cases(spec, work)
+    rows = []
+    for iterations in budgets:
+        stock, recycling = BUDGET_CURVE[iterations]
+        for method, trainer, command in (
+                ("stock", stock, ["nnUNetv2_predict", "-tr", stock]),
+                ("recycling_block", recycling, ["nnUNetv2_predict_diffusion", "-tr", recycling, "--sampler", "ddpm",
+                                                "--steps", str(STEPS), "--seed", "0"])):
+            train_model(spec, curve_work, trainer, 0, device)
+            out = prediction_folder(curve_work, 0, f"{method}_{iterations}", None)
             _timed(os.path.join(out, "finished.json"), run, [*command, *common, "-o", out], env)
+            timing = os.path.join(model_folder(env, spec, trainer), "fold_0", "study_training_time.json")
+            fields = {"iterations": iterations, "method": method, "trainer": trainer,
+                      "training_seconds": round(json.load(open(timing))["seconds"]) if os.path.isfile(timing) else ""}
+            rows += evaluate_prediction_folder(out, references, ending, reader, labels, fields)
+    path = os.path.join(REPO, "docs", "results", f"evidence_{spec['key']}_budget_curve.csv")
+    if rows:
+        write_rows(_merged(path, rows, ("iterations", "method")), path)
+    return path
 
 
 def main() -> None:
@@ -277,6 +297,8 @@ def main() -> None:
     parser.add_argument("--replicates", type=int, default=None, help="default: 2 for hc18, 3 for hippocampus")
     parser.add_argument("--only_replicates", type=int, nargs="+", default=None,
                         help="train, choose, predict and evaluate these replicate numbers only (default: all)")
+    parser.add_argument("--budgets", type=int, nargs="+", default=sorted(BUDGET_CURVE),
+                        help=f"budget_curve stage: iterations to train (of {sorted(BUDGET_CURVE)}; default: all)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--samplers", default=",".join(SAMPLERS),
                         help="comma-separated samplers the diffusion models predict with (default: all)")
@@ -303,7 +325,7 @@ def main() -> None:
         from evidence_report import write_evidence
         write_evidence(spec)
     if "budget_curve" in stages:
-        budget_curve(spec, work, args.device)
+        budget_curve(spec, work, args.device, args.budgets)
     log(f"done in {time.time() - started:.0f} s")
 
 

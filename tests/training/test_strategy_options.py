@@ -48,6 +48,14 @@ def test_every_strategy_has_short_budget_variants(strategy, budget, epochs, iter
     assert trainer.num_epochs * trainer.num_iterations_per_epoch == epochs * iterations == int(budget[:-5])
 
 
+@pytest.mark.parametrize("name", ["nnUNetTrainer_1000iters", "nnUNetTrainer_1300iters", "nnUNetTrainer_3000iters",
+                                  "nnUNetTrainerDiffRecycle_blockFiLM_1000iters"])
+def test_evidence_budgets_have_their_iterations_and_checkpoint_every_epoch(name):
+    trainer = _build(getattr(training, name))
+    assert trainer.num_epochs * trainer.num_iterations_per_epoch == int(name.rsplit("_", 1)[1][:-5])
+    assert trainer.save_every == 1  # so --c resumes an interrupted short run instead of restarting it
+
+
 def test_every_exported_trainer_is_found_by_nnunet_by_name():
     names = set(training.__all__)
     assert len(names) == len(training.__all__)

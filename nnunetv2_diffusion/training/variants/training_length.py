@@ -42,6 +42,13 @@ class _1000IterationsMixin(_FixedBudgetMixin):
     budget = (20, 50, 10)
 
 
+class _1300IterationsMixin(_FixedBudgetMixin):
+    """26 epochs x 50 training iterations: stock nnU-Net at the total budget of a warm start (1000 + 300), so the
+    warm start's gain can be told apart from the gain of 300 more iterations."""
+
+    budget = (26, 50, 10)
+
+
 class _3000IterationsMixin(_FixedBudgetMixin):
     """60 epochs x 50 training iterations: the larger budget of the evidence study's budget curve."""
 
@@ -83,6 +90,10 @@ class nnUNetTrainer_1000iters(_1000IterationsMixin, nnUNetTrainer):
 
 
 class nnUNetTrainerDiffRecycle_1000iters(_1000IterationsMixin, nnUNetTrainerDiffRecycle):
+    pass
+
+
+class nnUNetTrainer_1300iters(_1300IterationsMixin, nnUNetTrainer):
     pass
 
 
