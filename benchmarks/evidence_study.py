@@ -297,8 +297,8 @@ def main() -> None:
     parser.add_argument("--replicates", type=int, default=None, help="default: 2 for hc18, 3 for hippocampus")
     parser.add_argument("--only_replicates", type=int, nargs="+", default=None,
                         help="train, choose, predict and evaluate these replicate numbers only (default: all)")
-    parser.add_argument("--budgets", type=int, nargs="+", default=sorted(BUDGET_CURVE),
-                        help=f"budget_curve stage: iterations to train (of {sorted(BUDGET_CURVE)}; default: all)")
+    parser.add_argument("--budgets", type=int, nargs="+", default=sorted(BUDGET_CURVE), choices=sorted(BUDGET_CURVE),
+                        help="budget_curve stage: the iterations to train (default: all)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--samplers", default=",".join(SAMPLERS),
                         help="comma-separated samplers the diffusion models predict with (default: all)")
