@@ -86,6 +86,19 @@ def _plot(cases: pd.DataFrame, key: str) -> list[str]:
     return paths
 
 
+def paired_by_replicate(frame: pd.DataFrame, sources: dict, comparisons: list[tuple[str, str]]) -> dict:
+    """The comparisons within each replicate that has both methods: models that share one stock model and work
+    folder, so the pairing is not blurred by averaging over other replicates."""
+    result = {}
+    for replicate, rows in frame.groupby("replicate"):
+        cases = per_case(rows)
+        series = {name: values for name, source in sources.items() if len(values := final_metric(cases, *source))}
+        found = {f"{a} vs {b}": paired(series[a], series[b]) for a, b in comparisons if a in series and b in series}
+        if found:
+            result[str(replicate)] = found
+    return result
+
+
 def budget_curve(key: str, cases: pd.DataFrame) -> dict:
     """Mean test Dice of stock and 'block' recycling (DDPM, final step) per training budget, with their paired test:
     the budget-curve runs (one replicate each) and the main study's 1000-iteration models (all replicates). Plotted
@@ -160,6 +173,7 @@ def write_evidence(spec: dict) -> dict:
         "hd95": {name: float(final_metric(cases, *source, metric="HD95").mean()) for name, source in sources.items()},
         "paired": {f"{a} vs {b}": paired(series[a], series[b]) for a, b in comparisons
                    if a in series and b in series},
+        "paired_by_replicate": paired_by_replicate(frame, sources, comparisons),
         "per_step_dice": {f"{m}_{s}": cases[(cases.method == m) & (cases.sampler == s)].groupby("step")["Dice"]
                           .mean().round(4).to_dict() for m in DIFFUSION_METHODS for s in ("ddpm", "ddim")
                           if m in present},

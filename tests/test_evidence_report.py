@@ -53,6 +53,10 @@ def test_warm_start_is_compared_with_stock_at_its_total_budget(study):
     assert result["dice"]["stock_1300"] == pytest.approx(sum(0.805 + 0.01 * i for i in range(8)) / 8)
     # per case the two stock replicates are averaged (+0.01 over replicate 0)
     assert result["paired"]["stock_1300 vs stock"]["mean_difference"] == pytest.approx(-0.005)
+    # within replicate 1 stock_1300 meets that replicate's stock alone (+0.02 over replicate 0)
+    within = result["paired_by_replicate"]
+    assert within["1"]["stock_1300 vs stock"]["mean_difference"] == pytest.approx(-0.015)
+    assert "stock_1300 vs stock" not in within["0"] and "recycling_block_ddpm vs stock" in within["0"]
 
 
 def test_recycling_is_chosen_among_models_with_a_predicted_ensemble(study):
