@@ -101,6 +101,12 @@ def train_model(spec: dict, work: str, trainer: str, replicate: int, device: str
               open(os.path.join(folder, "fold_0", "study_training_time.json"), "w"))
 
 
+def training_seconds(fold: str) -> int | None:
+    """The wall time train_model recorded for ``<model folder>/fold_0``, or None (not trained by the study)."""
+    timing = os.path.join(fold, "study_training_time.json")
+    return round(json.load(open(timing))["seconds"]) if os.path.isfile(timing) else None
+
+
 def train(spec: dict, work: str, replicates: list[int], device: str, methods: tuple[str, ...]) -> None:
     for method, replicate in training_order(replicates, methods):
         pretrained = None
@@ -240,9 +246,8 @@ def record_models(spec: dict, work: str, replicates: list[int]) -> str:
                 continue
             record = {"trainer": settings["trainer"], "iterations": ITERATIONS[method],
                       "validation_dice": json.load(open(summary))["foreground_mean"]["Dice"]}
-            timing = os.path.join(fold, "study_training_time.json")
-            if os.path.isfile(timing):
-                record["training_seconds"] = round(json.load(open(timing))["seconds"])
+            if training_seconds(fold) is not None:
+                record["training_seconds"] = training_seconds(fold)
             choice = read_ensemble_choice(os.path.dirname(fold), stock) if method in DIFFUSION_METHODS else None
             if choice is not None:
                 record["ensemble_choice"] = choice
@@ -277,9 +282,9 @@ def budget_curve(spec: dict, work: str, device: str, budgets: list[int]) -> str:
             train_model(spec, curve_work, trainer, 0, device)
             out = prediction_folder(curve_work, 0, f"{method}_{iterations}", None)
             _timed(os.path.join(out, "finished.json"), run, [*command, *common, "-o", out], env)
-            timing = os.path.join(model_folder(env, spec, trainer), "fold_0", "study_training_time.json")
+            seconds = training_seconds(os.path.join(model_folder(env, spec, trainer), "fold_0"))
             fields = {"iterations": iterations, "method": method, "trainer": trainer,
-                      "training_seconds": round(json.load(open(timing))["seconds"]) if os.path.isfile(timing) else ""}
+                      "training_seconds": "" if seconds is None else seconds}
             rows += evaluate_prediction_folder(out, references, ending, reader, labels, fields)
     path = os.path.join(REPO, "docs", "results", f"evidence_{spec['key']}_budget_curve.csv")
     if rows:
