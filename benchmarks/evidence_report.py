@@ -99,25 +99,31 @@ def paired_by_replicate(frame: pd.DataFrame, sources: dict, comparisons: list[tu
     return result
 
 
-def budget_curve(key: str, cases: pd.DataFrame) -> dict:
+def budget_curve(key: str, cases: pd.DataFrame, replicates_per_method: dict) -> dict:
     """Mean test Dice of stock and 'block' recycling (DDPM, final step) per training budget, with their paired test:
-    the budget-curve runs (one replicate each) and the main study's 1000-iteration models (all replicates). Plotted
-    to docs/evidence_<dataset>_budget_curve.png; empty without budget-curve results."""
+    the budget-curve runs (one replicate each) and the main study's 1000-iteration models (all replicates; each
+    point records how many it averages). Plotted to docs/evidence_<dataset>_budget_curve.png; empty without
+    budget-curve results."""
     path = os.path.join(REPO, "docs", "results", f"evidence_{key}_budget_curve.csv")
     if not os.path.isfile(path):
         return {}
     frame = pd.read_csv(path)
     per_case_dice = frame[frame.step == STEPS].groupby(["iterations", "method", "case"])["Dice"].mean()
-    curve = {}
+    curve, replicates = {}, {}
     for (iterations, method), values in per_case_dice.groupby(level=["iterations", "method"]):
         curve.setdefault(int(iterations), {})[method] = values.droplevel(["iterations", "method"])
-    main = {"stock": final_metric(cases, "stock", "-"), "recycling_block": final_metric(cases, "recycling_block",
-                                                                                        "ddpm")}
-    curve.setdefault(ITERATIONS["stock"], {}).update({m: values for m, values in main.items() if len(values)})
+        replicates.setdefault(int(iterations), {})[method] = 1
+    for method, sampler in (("stock", "-"), ("recycling_block", "ddpm")):
+        values = final_metric(cases, method, sampler)
+        if len(values):
+            curve.setdefault(ITERATIONS["stock"], {})[method] = values
+            replicates.setdefault(ITERATIONS["stock"], {})[method] = replicates_per_method[method]
     result = {}
     for iterations in sorted(curve):
         point = curve[iterations]
-        result[str(iterations)] = {f"{m}_dice": float(values.mean()) for m, values in point.items()}
+        # the main study's point averages every replicate per case, the curve's own points are one run each
+        result[str(iterations)] = {**{f"{m}_dice": float(values.mean()) for m, values in point.items()},
+                                   **{f"{m}_replicates": n for m, n in replicates[iterations].items()}}
         if len(point) == 2:
             result[str(iterations)]["recycling_block vs stock"] = paired(point["recycling_block"], point["stock"])
     fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -179,7 +185,7 @@ def write_evidence(spec: dict) -> dict:
                           if m in present},
         "plots": [os.path.relpath(p, REPO) for p in _plot(cases, key)],
     }
-    curve = budget_curve(key, cases)
+    curve = budget_curve(key, cases, result["replicates_per_method"])
     if curve:
         result["budget_curve"] = curve
         result["plots"].append(f"docs/evidence_{key}_budget_curve.png")

@@ -74,5 +74,7 @@ def test_budget_curve_joins_its_runs_with_the_main_studys_1000_iterations(study)
     assert curve["300"]["recycling_block vs stock"]["mean_difference"] == pytest.approx(-0.1)
     assert curve["1000"]["stock_dice"] == pytest.approx(result["dice"]["stock"])
     assert curve["1000"]["recycling_block_dice"] == pytest.approx(result["dice"]["recycling_block_ddpm"])
+    assert (curve["300"]["stock_replicates"], curve["1000"]["stock_replicates"]) == (1, 2)
+    assert curve["1000"]["recycling_block_replicates"] == 1
     assert os.path.isfile(study / "docs" / "evidence_toy_budget_curve.png")
     assert json.load(open(study / "docs" / "results" / "evidence.json"))["toy"]["budget_curve"] == curve
