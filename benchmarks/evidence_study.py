@@ -246,8 +246,9 @@ def record_models(spec: dict, work: str, replicates: list[int]) -> str:
                 continue
             record = {"trainer": settings["trainer"], "iterations": ITERATIONS[method],
                       "validation_dice": json.load(open(summary))["foreground_mean"]["Dice"]}
-            if training_seconds(fold) is not None:
-                record["training_seconds"] = training_seconds(fold)
+            seconds = training_seconds(fold)
+            if seconds is not None:
+                record["training_seconds"] = seconds
             choice = read_ensemble_choice(os.path.dirname(fold), stock) if method in DIFFUSION_METHODS else None
             if choice is not None:
                 record["ensemble_choice"] = choice
