@@ -103,8 +103,8 @@ def test_cases(spec: dict, work: str) -> tuple[list[str], str, object, list[int]
 def evaluate_prediction_folder(folder: str, references: list[str], ending: str, reader, labels: list[int],
                                fields: dict) -> list[dict]:
     """Rows of one prediction folder: per test case, sampling step (the final segmentation is step ``STEPS``, the
-    ``steps/`` folder holds the others when saved) and label, ``fields`` + case, step, label, Dice and HD95. Cached in
-    ``<folder>/metrics.json``."""
+    ``steps/`` folder holds the others when saved) and label, ``fields`` + case, step, label, Dice and HD95. The
+    metrics are cached in ``<folder>/metrics.json``; ``fields`` are applied on every call, so that they can change."""
     from segmentation_metrics import evaluate_case
 
     cache = os.path.join(folder, "metrics.json")
@@ -117,9 +117,10 @@ def evaluate_prediction_folder(folder: str, references: list[str], ending: str, 
                           if os.path.isfile(os.path.join(folder, "steps", f"{case}_step{k}{ending}"))})
             for step, prediction in sorted(steps.items()):
                 for label, metrics in evaluate_case(reference, prediction, reader, labels).items():
-                    rows.append({**fields, "step": step, "case": case, "label": label, **metrics})
+                    rows.append({"step": step, "case": case, "label": label, **metrics})
         json.dump(rows, open(cache, "w"))
-    return json.load(open(cache))
+    # fields first in column order; their values replace any a cache of an earlier version holds
+    return [{**fields, **row, **fields} for row in json.load(open(cache))]
 
 
 def write_rows(rows: list[dict], path: str) -> None:

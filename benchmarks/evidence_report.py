@@ -99,21 +99,32 @@ def paired_by_replicate(frame: pd.DataFrame, sources: dict, comparisons: list[tu
     return result
 
 
+CURVE_METHODS = {"stock": "-", "recycling_block": "ddpm", "ensemble_recycling_block": "ddpm",
+                 "stock_seed_ensemble": "-"}  # method: sampler in the main study's CSV
+CURVE_COMPARISONS = (("recycling_block", "stock"), ("ensemble_recycling_block", "stock"),
+                     ("ensemble_recycling_block", "stock_seed_ensemble"))
+
+
 def budget_curve(key: str, cases: pd.DataFrame, replicates_per_method: dict) -> dict:
-    """Mean test Dice of stock and 'block' recycling (DDPM, final step) per training budget, with their paired test:
-    the budget-curve runs (one replicate each) and the main study's 1000-iteration models (all replicates; each
-    point records how many it averages). Plotted to docs/evidence_<dataset>_budget_curve.png; empty without
-    budget-curve results."""
+    """Mean test Dice of stock, 'block' recycling (DDPM, final step), their ensemble and, where a budget has two
+    stock models, the stock seed-ensemble, per training budget, with the paired tests of CURVE_COMPARISONS: the
+    budget-curve runs and the main study's 1000-iteration models (per case averaged over replicates; each point
+    records how many it averages). Plotted to docs/evidence_<dataset>_budget_curve.png; empty without budget-curve
+    results."""
     path = os.path.join(REPO, "docs", "results", f"evidence_{key}_budget_curve.csv")
     if not os.path.isfile(path):
         return {}
     frame = pd.read_csv(path)
-    per_case_dice = frame[frame.step == STEPS].groupby(["iterations", "method", "case"])["Dice"].mean()
+    final = frame[frame.step == STEPS]
+    # labels first, then replicates, as the main study's per_case does
+    per_case_dice = final.groupby(["iterations", "method", "replicate", "case"])["Dice"].mean().groupby(
+        level=["iterations", "method", "case"]).mean()
+    counts = final.groupby(["iterations", "method"]).replicate.nunique()
     curve, replicates = {}, {}
     for (iterations, method), values in per_case_dice.groupby(level=["iterations", "method"]):
         curve.setdefault(int(iterations), {})[method] = values.droplevel(["iterations", "method"])
-        replicates.setdefault(int(iterations), {})[method] = 1
-    for method, sampler in (("stock", "-"), ("recycling_block", "ddpm")):
+        replicates.setdefault(int(iterations), {})[method] = int(counts[(iterations, method)])
+    for method, sampler in CURVE_METHODS.items():
         values = final_metric(cases, method, sampler)
         if len(values):
             curve.setdefault(ITERATIONS["stock"], {})[method] = values
@@ -121,15 +132,15 @@ def budget_curve(key: str, cases: pd.DataFrame, replicates_per_method: dict) -> 
     result = {}
     for iterations in sorted(curve):
         point = curve[iterations]
-        # the main study's point averages every replicate per case, the curve's own points are one run each
         result[str(iterations)] = {**{f"{m}_dice": float(values.mean()) for m, values in point.items()},
-                                   **{f"{m}_replicates": n for m, n in replicates[iterations].items()}}
-        if len(point) == 2:
-            result[str(iterations)]["recycling_block vs stock"] = paired(point["recycling_block"], point["stock"])
+                                   **{f"{m}_replicates": n for m, n in replicates[iterations].items()},
+                                   **{f"{a} vs {b}": paired(point[a], point[b]) for a, b in CURVE_COMPARISONS
+                                      if a in point and b in point}}
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for method, style in (("stock", "-o"), ("recycling_block", "--s")):
+    for method, style in zip(CURVE_METHODS, ("-o", "--s", ":^", "-.v"), strict=True):
         budgets = [i for i in sorted(curve) if method in curve[i]]
-        ax.plot(budgets, [curve[i][method].mean() for i in budgets], style, label=method)
+        if budgets:
+            ax.plot(budgets, [curve[i][method].mean() for i in budgets], style, label=method)
     ax.set_xscale("log")
     ax.set_xlabel("training iterations")
     ax.set_ylabel("mean test Dice")

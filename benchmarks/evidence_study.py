@@ -1,6 +1,6 @@
 """What the diffusion part adds: stock nnU-Net, a stock seed-ensemble, recycling with either timestep conditioning,
 warm-started recycling (with stock trained as long as its total as the control) and the validation-weighted
-ensembles, at >= 1000 iterations, with replicates; and a budget curve of stock vs recycling.
+ensembles, at >= 1000 iterations, with replicates; and a budget curve of stock vs recycling and their ensemble.
 
 Resumable and in stages: every finished training (nnU-Net's ``--c`` continues an interrupted one), prediction and
 evaluation is kept under --work and skipped when run again, so the study can be stopped and continued at any point.
@@ -8,6 +8,8 @@ evaluation is kept under --work and skipped when run again, so the study can be 
     .venv/bin/python benchmarks/evidence_study.py --dataset hc18 --replicates 2
     .venv/bin/python benchmarks/evidence_study.py --dataset hippocampus --replicates 3 --stage train
     .venv/bin/python benchmarks/evidence_study.py --dataset hippocampus --stage budget_curve --budgets 300
+    .venv/bin/python benchmarks/evidence_study.py --dataset hippocampus --stage budget_curve --budgets 3000 \
+        --budget_stock_replicates 2   # + a second stock model and the seed-ensemble control
     .venv/bin/python benchmarks/evidence_study.py --dataset hc18 --only_replicates 1   # one more, after a lost work
 
 ``--only_replicates`` works on the named replicates alone: their results join the committed ones of the others.
@@ -131,8 +133,22 @@ def choose_ensembles(spec: dict, work: str, replicates: list[int]) -> None:
             if not (is_trained(env, spec, METHODS[method]["trainer"]) and is_trained(env, spec,
                                                                                      METHODS["stock"]["trainer"])):
                 continue
-            if read_ensemble_choice(folder, stock) is None:
-                run(["nnUNetv2_diffusion_choose_ensemble", "-m", folder, "--ensemble_with", stock, "-f", "0"], env)
+            choose_ensemble(env, folder, stock)
+
+
+def choose_ensemble(env: dict, folder: str, stock: str) -> None:
+    """The ensemble weight of the diffusion model in ``folder`` with ``stock``, from their final validation's
+    probabilities (skipped when already recorded in ``folder``)."""
+    if read_ensemble_choice(folder, stock) is None:
+        run(["nnUNetv2_diffusion_choose_ensemble", "-m", folder, "--ensemble_with", stock, "-f", "0"], env)
+
+
+def diffusion_command(trainer: str, sampler: str, ensemble_with: str | None = None) -> list[str]:
+    """nnUNetv2_predict_diffusion with the study's sampling (STEPS steps, seed 0); with ``ensemble_with`` and no
+    --ensemble_weight, so that the predictor takes the weight chosen on validation from the model folder."""
+    command = ["nnUNetv2_predict_diffusion", "-tr", trainer, "--sampler", sampler, "--steps", str(STEPS),
+               "--seed", "0"]
+    return command + (["--ensemble_with", ensemble_with] if ensemble_with else ["--save_steps"])
 
 
 def predict(spec: dict, work: str, replicates: list[int], device: str, samplers: tuple[str, ...] = SAMPLERS) -> None:
@@ -152,14 +168,10 @@ def predict(spec: dict, work: str, replicates: list[int], device: str, samplers:
             trainer = METHODS[method]["trainer"]
             if not is_trained(env, spec, trainer):
                 continue
-            for sampler in samplers:
-                jobs.append((method, sampler, ["nnUNetv2_predict_diffusion", "-tr", trainer, "--sampler", sampler,
-                                               "--steps", str(STEPS), "--save_steps", "--seed", "0"]))
-            if read_ensemble_choice(model_folder(env, spec, trainer), model_folder(env, spec, stock_trainer)):
-                # no --ensemble_weight: the predictor takes the weight chosen on validation from the model folder
-                jobs.append((f"ensemble_{method}", "ddpm", [
-                    "nnUNetv2_predict_diffusion", "-tr", trainer, "--sampler", "ddpm", "--steps", str(STEPS),
-                    "--seed", "0", "--ensemble_with", model_folder(env, spec, stock_trainer)]))
+            jobs += [(method, sampler, diffusion_command(trainer, sampler)) for sampler in samplers]
+            stock = model_folder(env, spec, stock_trainer)
+            if read_ensemble_choice(model_folder(env, spec, trainer), stock):
+                jobs.append((f"ensemble_{method}", "ddpm", diffusion_command(trainer, "ddpm", stock)))
         for method, sampler, command in jobs:
             out = prediction_folder(work, replicate, method, sampler)
             _timed(os.path.join(out, "finished.json"), run, [*command, *common, "-i", images, "-o", out], env)
@@ -258,39 +270,60 @@ def record_models(spec: dict, work: str, replicates: list[int]) -> str:
     return path
 
 
-def budget_curve(spec: dict, work: str, device: str, budgets: list[int]) -> str:
-    """Stock vs block-conditioned recycling (DDPM) at the ``budgets`` of BUDGET_CURVE, one replicate each, trained,
-    predicted and evaluated in ``<work>/budget_curve``; rows merged into docs/results/evidence_<dataset>_budget_curve
-    .csv (the report adds the main study's 1000-iteration point)."""
+def budget_curve(spec: dict, work: str, device: str, budgets: list[int], stock_replicates: int = 1) -> str:
+    """Stock vs block-conditioned recycling (DDPM) and their ensemble (weight chosen on validation) at the
+    ``budgets`` of BUDGET_CURVE, trained, predicted and evaluated in ``<work>/budget_curve``; with
+    ``stock_replicates`` 2, a second stock model per budget and the two stock models' seed-ensemble, the control of
+    the ensemble. Rows merged into docs/results/evidence_<dataset>_budget_curve.csv (the report adds the main
+    study's 1000-iteration point)."""
     curve_work = os.path.join(work, "budget_curve")
     for source in ("nnUNet_raw", "nnUNet_preprocessed"):  # share the converted and preprocessed data
         target = os.path.join(curve_work, source)
         if not os.path.exists(target):
             os.makedirs(curve_work, exist_ok=True)
             os.symlink(os.path.join(work, source), target)
-    env = {**nnunet_env(curve_work, 0), "nnUNet_n_proc_DA": "0"}
-    images = os.path.join(env["nnUNet_raw"], spec["name"], "imagesTs")
+    envs = [{**nnunet_env(curve_work, r), "nnUNet_n_proc_DA": "0"} for r in range(stock_replicates)]
+    images = os.path.join(envs[0]["nnUNet_raw"], spec["name"], "imagesTs")
     common = ["-d", str(spec["id"]), "-c", spec["configuration"], "-f", "0", "-device", device, "--disable_tta",
               "-npp", "1", "-nps", "1", "-i", images]
-    references, ending, reader, labels = test_cases(spec, work)
+    test = test_cases(spec, work)
     rows = []
     for iterations in budgets:
         stock, recycling = BUDGET_CURVE[iterations]
-        for method, trainer, command in (
-                ("stock", stock, ["nnUNetv2_predict", "-tr", stock]),
-                ("recycling_block", recycling, ["nnUNetv2_predict_diffusion", "-tr", recycling, "--sampler", "ddpm",
-                                                "--steps", str(STEPS), "--seed", "0"])):
-            train_model(spec, curve_work, trainer, 0, device)
-            out = prediction_folder(curve_work, 0, f"{method}_{iterations}", None)
-            _timed(os.path.join(out, "finished.json"), run, [*command, *common, "-o", out], env)
-            seconds = training_seconds(os.path.join(model_folder(env, spec, trainer), "fold_0"))
-            fields = {"iterations": iterations, "method": method, "trainer": trainer,
-                      "training_seconds": "" if seconds is None else seconds}
-            rows += evaluate_prediction_folder(out, references, ending, reader, labels, fields)
+        for replicate in range(stock_replicates):
+            train_model(spec, curve_work, stock, replicate, device)
+        train_model(spec, curve_work, recycling, 0, device)
+        stock_folder, recycling_folder = (model_folder(envs[0], spec, t) for t in (stock, recycling))
+        choose_ensemble(envs[0], recycling_folder, stock_folder)
+        # (method, replicate, the models in it, command); stock keeps its probabilities for the seed-ensemble
+        jobs = [*[("stock", r, [model_folder(envs[r], spec, stock)],
+                   ["nnUNetv2_predict", "-tr", stock, "--save_probabilities"]) for r in range(stock_replicates)],
+                ("recycling_block", 0, [recycling_folder], diffusion_command(recycling, "ddpm")),
+                ("ensemble_recycling_block", 0, [recycling_folder, stock_folder],
+                 diffusion_command(recycling, "ddpm", stock_folder))]
+        for method, replicate, models, command in jobs:
+            out = prediction_folder(curve_work, replicate, f"{method}_{iterations}", None)
+            _timed(os.path.join(out, "finished.json"), run, [*command, *common, "-o", out], envs[replicate])
+            rows += _curve_rows(out, test, models, iterations=iterations, method=method, replicate=replicate)
+        if stock_replicates > 1:
+            first, second = (prediction_folder(curve_work, r, f"stock_{iterations}", None) for r in (0, 1))
+            out = prediction_folder(curve_work, 0, f"stock_seed_ensemble_{iterations}", None)
+            _seed_ensemble(envs[0], first, second, out)
+            rows += _curve_rows(out, test, [model_folder(e, spec, stock) for e in envs[:2]], iterations=iterations,
+                                method="stock_seed_ensemble", replicate=0)
     path = os.path.join(REPO, "docs", "results", f"evidence_{spec['key']}_budget_curve.csv")
     if rows:
-        write_rows(_merged(path, rows, ("iterations", "method")), path)
+        write_rows(_merged(path, rows, ("iterations", "method", "replicate")), path)
     return path
+
+
+def _curve_rows(folder: str, test: tuple, models: list[str], **fields) -> list[dict]:
+    """The budget curve's rows of one prediction folder: ``fields``, the trainers of ``models`` (model folders) and
+    the sum of their training wall times (empty when one is unknown)."""
+    seconds = [training_seconds(os.path.join(m, "fold_0")) for m in models]
+    trainers = "+".join(os.path.basename(m).split("__")[0] for m in models)
+    total = "" if None in seconds else sum(seconds)
+    return evaluate_prediction_folder(folder, *test, {**fields, "trainer": trainers, "training_seconds": total})
 
 
 def main() -> None:
@@ -305,6 +338,9 @@ def main() -> None:
                         help="train, choose, predict and evaluate these replicate numbers only (default: all)")
     parser.add_argument("--budgets", type=int, nargs="+", default=sorted(BUDGET_CURVE), choices=sorted(BUDGET_CURVE),
                         help="budget_curve stage: the iterations to train (default: all)")
+    parser.add_argument("--budget_stock_replicates", type=int, default=1, choices=(1, 2),
+                        help="budget_curve stage: 2 trains a second stock model per budget for the seed-ensemble "
+                             "control (default: 1)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--samplers", default=",".join(SAMPLERS),
                         help="comma-separated samplers the diffusion models predict with (default: all)")
@@ -331,7 +367,7 @@ def main() -> None:
         from evidence_report import write_evidence
         write_evidence(spec)
     if "budget_curve" in stages:
-        budget_curve(spec, work, args.device, args.budgets)
+        budget_curve(spec, work, args.device, args.budgets, args.budget_stock_replicates)
     log(f"done in {time.time() - started:.0f} s")
 
 

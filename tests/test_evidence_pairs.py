@@ -1,12 +1,15 @@
-"""The evidence study's seed-ensemble control pairs each two stock replicates once."""
+"""The evidence study's bookkeeping: the seed-ensemble control pairs each two stock replicates once, ensembles are
+predicted at the weight chosen on validation, and evaluated rows carry the fields they are evaluated under now."""
 
+import json
 import os
 import sys
 
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-from evidence_study import seed_ensemble_pairs  # noqa: E402
+from benchmark_protocol import evaluate_prediction_folder  # noqa: E402
+from evidence_study import diffusion_command, seed_ensemble_pairs  # noqa: E402
 
 
 @pytest.mark.parametrize("replicates, pairs", [
@@ -20,3 +23,23 @@ def test_each_unordered_pair_once(replicates, pairs):
     assert found == pairs
     assert len({frozenset(p) for p in found}) == len(found)
     assert all(a != b for a, b in found)
+
+
+def test_ensemble_prediction_takes_the_weight_chosen_on_validation():
+    ensemble = diffusion_command("T", "ddpm", "/stock")
+    assert ensemble[ensemble.index("--ensemble_with") + 1] == "/stock"
+    assert "--ensemble_weight" not in ensemble
+    # a diffusion model alone keeps every sampling step, for the per-step Dice
+    assert "--save_steps" in diffusion_command("T", "ddim") and "--ensemble_with" not in diffusion_command("T", "ddim")
+
+
+def test_cached_metrics_take_the_fields_of_the_current_call(tmp_path):
+    """A metrics cache written under other fields (an older CSV layout) must not leak them into new rows."""
+    cached = [{"iterations": 300, "method": "stock", "trainer": "old", "step": 5, "case": "c", "label": 1,
+               "Dice": 0.5, "HD95": 2.0}]
+    (tmp_path / "metrics.json").write_text(json.dumps(cached))
+    rows = evaluate_prediction_folder(str(tmp_path), [], ".nii.gz", None, [1],
+                                      {"iterations": 300, "method": "stock", "replicate": 0, "trainer": "new"})
+    assert rows == [{"iterations": 300, "method": "stock", "replicate": 0, "trainer": "new", "step": 5, "case": "c",
+                     "label": 1, "Dice": 0.5, "HD95": 2.0}]
+    assert list(rows[0])[:4] == ["iterations", "method", "replicate", "trainer"]

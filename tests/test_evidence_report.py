@@ -22,7 +22,8 @@ def _rows(method: str, sampler: str, replicate: int, dice: list[float]) -> list[
 
 @pytest.fixture
 def study(tmp_path, monkeypatch):
-    """A docs/results folder with two stock replicates, 'block' and warm recycling, stock at 1300 and a budget curve."""
+    """A docs/results folder with two stock replicates, 'block' and warm recycling, stock at 1300 and a budget curve
+    with a seed-ensemble and an ensemble at 300 iterations."""
     results = tmp_path / "docs" / "results"
     results.mkdir(parents=True)
     monkeypatch.setattr(evidence_report, "REPO", str(tmp_path))
@@ -38,9 +39,12 @@ def study(tmp_path, monkeypatch):
     pd.DataFrame(rows).to_csv(results / "evidence_toy_cases.csv", index=False)
     models = {"recycling_block": {"0": {"validation_dice": 0.7}}, "recycling_warm": {"1": {"validation_dice": 0.9}}}
     (results / "evidence_toy_models.json").write_text(json.dumps(models))
-    curve = [{"iterations": 300, "method": method, "trainer": "t", "training_seconds": 1, "step": 5, "case": case,
-              "label": label, "Dice": value, "HD95": 1.0}
-             for method, value in (("stock", 0.6), ("recycling_block", 0.5)) for case in CASES for label in (1, 2)]
+    # at 300 iterations two stock replicates (0.6 and 0.7), their seed-ensemble, 'block' recycling and its ensemble
+    curve = [{"iterations": 300, "method": method, "replicate": replicate, "trainer": "t", "training_seconds": 1,
+              "step": 5, "case": case, "label": label, "Dice": value, "HD95": 1.0}
+             for method, replicate, value in (("stock", 0, 0.6), ("stock", 1, 0.7), ("stock_seed_ensemble", 0, 0.66),
+                                              ("recycling_block", 0, 0.5), ("ensemble_recycling_block", 0, 0.68))
+             for case in CASES for label in (1, 2)]
     pd.DataFrame(curve).to_csv(results / "evidence_toy_budget_curve.csv", index=False)
     return tmp_path
 
@@ -70,11 +74,16 @@ def test_budget_curve_joins_its_runs_with_the_main_studys_1000_iterations(study)
     result = evidence_report.write_evidence({"key": "toy"})
     curve = result["budget_curve"]
     assert sorted(curve, key=int) == ["300", "1000"]
-    assert curve["300"]["stock_dice"] == pytest.approx(0.6)
-    assert curve["300"]["recycling_block vs stock"]["mean_difference"] == pytest.approx(-0.1)
+    # the two stock replicates of the 300 point are averaged per case
+    assert curve["300"]["stock_dice"] == pytest.approx(0.65)
+    assert curve["300"]["recycling_block vs stock"]["mean_difference"] == pytest.approx(-0.15)
+    assert curve["300"]["ensemble_recycling_block vs stock"]["mean_difference"] == pytest.approx(0.03)
+    assert curve["300"]["ensemble_recycling_block vs stock_seed_ensemble"]["mean_difference"] == pytest.approx(0.02)
     assert curve["1000"]["stock_dice"] == pytest.approx(result["dice"]["stock"])
     assert curve["1000"]["recycling_block_dice"] == pytest.approx(result["dice"]["recycling_block_ddpm"])
-    assert (curve["300"]["stock_replicates"], curve["1000"]["stock_replicates"]) == (1, 2)
-    assert curve["1000"]["recycling_block_replicates"] == 1
+    assert curve["1000"]["ensemble_recycling_block vs stock_seed_ensemble"] == \
+        result["paired"]["ensemble_recycling_block vs stock_seed_ensemble"]
+    assert (curve["300"]["stock_replicates"], curve["1000"]["stock_replicates"]) == (2, 2)
+    assert (curve["300"]["stock_seed_ensemble_replicates"], curve["1000"]["recycling_block_replicates"]) == (1, 1)
     assert os.path.isfile(study / "docs" / "evidence_toy_budget_curve.png")
     assert json.load(open(study / "docs" / "results" / "evidence.json"))["toy"]["budget_curve"] == curve
