@@ -105,17 +105,17 @@ CURVE_COMPARISONS = (("recycling_block", "stock"), ("ensemble_recycling_block", 
                      ("ensemble_recycling_block", "stock_seed_ensemble"))
 
 
-def budget_curve(key: str, cases: pd.DataFrame, replicates_per_method: dict) -> dict:
+def budget_curve(key: str, frame: pd.DataFrame, cases: pd.DataFrame) -> dict:
     """Mean test Dice of stock, 'block' recycling (DDPM, final step), their ensemble and, where a budget has two
     stock models, the stock seed-ensemble, per training budget, with the paired tests of CURVE_COMPARISONS: the
-    budget-curve runs and the main study's 1000-iteration models (per case averaged over replicates; each point
-    records how many it averages). Plotted to docs/evidence_<dataset>_budget_curve.png; empty without budget-curve
-    results."""
+    budget-curve runs and the main study's 1000-iteration models (``frame``, its rows, and ``cases``, its per-case
+    values averaged over replicates; each point records how many replicates it averages, counted with the sampler).
+    Plotted to docs/evidence_<dataset>_budget_curve.png; empty without budget-curve results."""
     path = os.path.join(REPO, "docs", "results", f"evidence_{key}_budget_curve.csv")
     if not os.path.isfile(path):
         return {}
-    frame = pd.read_csv(path)
-    final = frame[frame.step == STEPS]
+    runs = pd.read_csv(path)
+    final = runs[runs.step == STEPS]
     # labels first, then replicates, as the main study's per_case does
     per_case_dice = final.groupby(["iterations", "method", "replicate", "case"])["Dice"].mean().groupby(
         level=["iterations", "method", "case"]).mean()
@@ -128,7 +128,8 @@ def budget_curve(key: str, cases: pd.DataFrame, replicates_per_method: dict) -> 
         values = final_metric(cases, method, sampler)
         if len(values):
             curve.setdefault(ITERATIONS["stock"], {})[method] = values
-            replicates.setdefault(ITERATIONS["stock"], {})[method] = replicates_per_method[method]
+            counted = frame[(frame.method == method) & (frame.sampler == sampler)]
+            replicates.setdefault(ITERATIONS["stock"], {})[method] = int(counted.replicate.nunique())
     result = {}
     for iterations in sorted(curve):
         point = curve[iterations]
@@ -196,7 +197,7 @@ def write_evidence(spec: dict) -> dict:
                           if m in present},
         "plots": [os.path.relpath(p, REPO) for p in _plot(cases, key)],
     }
-    curve = budget_curve(key, cases, result["replicates_per_method"])
+    curve = budget_curve(key, frame, cases)
     if curve:
         result["budget_curve"] = curve
         result["plots"].append(f"docs/evidence_{key}_budget_curve.png")

@@ -32,6 +32,8 @@ def study(tmp_path, monkeypatch):
     rows = [*_rows("stock", "-", 0, base), *_rows("stock", "-", 1, [v + 0.02 for v in base]),
             *_rows("stock_seed_ensemble", "-", 0, [v + 0.015 for v in base]),
             *_rows("recycling_block", "ddpm", 0, [v - 0.01 for v in base]),
+            # replicate 1 sampled with DDIM only: it does not count towards DDPM's replicates
+            *_rows("recycling_block", "ddim", 1, base),
             *_rows("ensemble_recycling_block", "ddpm", 0, [v + 0.03 for v in base]),
             *_rows("stock_1300", "-", 1, [v + 0.005 for v in base]),
             # the warm start beats stock at 1300 by 0.01 on six cases and loses 0.01 on two
