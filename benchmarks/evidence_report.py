@@ -102,7 +102,7 @@ def paired_by_replicate(frame: pd.DataFrame, sources: dict, comparisons: list[tu
 CURVE_METHODS = {"stock": "-", "recycling_block": "ddpm", "ensemble_recycling_block": "ddpm",
                  "stock_seed_ensemble": "-"}  # method: sampler in the main study's CSV
 CURVE_COMPARISONS = (("recycling_block", "stock"), ("ensemble_recycling_block", "stock"),
-                     ("ensemble_recycling_block", "stock_seed_ensemble"))
+                     ("ensemble_recycling_block", "stock_seed_ensemble"), ("stock_seed_ensemble", "stock"))
 
 
 def budget_curve(key: str, frame: pd.DataFrame, cases: pd.DataFrame) -> dict:

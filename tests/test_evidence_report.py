@@ -81,6 +81,7 @@ def test_budget_curve_joins_its_runs_with_the_main_studys_1000_iterations(study)
     assert curve["300"]["recycling_block vs stock"]["mean_difference"] == pytest.approx(-0.15)
     assert curve["300"]["ensemble_recycling_block vs stock"]["mean_difference"] == pytest.approx(0.03)
     assert curve["300"]["ensemble_recycling_block vs stock_seed_ensemble"]["mean_difference"] == pytest.approx(0.02)
+    assert curve["300"]["stock_seed_ensemble vs stock"]["mean_difference"] == pytest.approx(0.01)
     assert curve["1000"]["stock_dice"] == pytest.approx(result["dice"]["stock"])
     assert curve["1000"]["recycling_block_dice"] == pytest.approx(result["dice"]["recycling_block_ddpm"])
     assert curve["1000"]["ensemble_recycling_block vs stock_seed_ensemble"] == \
