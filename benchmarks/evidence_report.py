@@ -23,10 +23,11 @@ from evidence_study import DIFFUSION_METHODS, ITERATIONS, STOCK_METHODS  # noqa:
 EVIDENCE = os.path.join(REPO, "docs", "results", "evidence.json")
 
 
-def per_case(frame: pd.DataFrame) -> pd.DataFrame:
-    """One Dice/HD95 per method, sampler, step and case: mean over labels, then over replicates."""
-    return (frame.groupby(["method", "sampler", "step", "case", "replicate"])[["Dice", "HD95"]].mean()
-            .groupby(["method", "sampler", "step", "case"]).mean().reset_index())
+def per_case(frame: pd.DataFrame, by: tuple[str, ...] = ("method", "sampler")) -> pd.DataFrame:
+    """One Dice/HD95 per ``by`` (the main study: method and sampler; the budget curve: iterations and method), step
+    and case: mean over labels, then over replicates."""
+    keys = [*by, "step", "case"]
+    return frame.groupby([*keys, "replicate"])[["Dice", "HD95"]].mean().groupby(keys).mean().reset_index()
 
 
 def final_metric(cases: pd.DataFrame, method: str, sampler: str, metric: str = "Dice") -> pd.Series:
@@ -116,13 +117,10 @@ def budget_curve(key: str, frame: pd.DataFrame, cases: pd.DataFrame) -> dict:
         return {}
     runs = pd.read_csv(path)
     final = runs[runs.step == STEPS]
-    # labels first, then replicates, as the main study's per_case does
-    per_case_dice = final.groupby(["iterations", "method", "replicate", "case"])["Dice"].mean().groupby(
-        level=["iterations", "method", "case"]).mean()
     counts = final.groupby(["iterations", "method"]).replicate.nunique()
     curve, replicates = {}, {}
-    for (iterations, method), values in per_case_dice.groupby(level=["iterations", "method"]):
-        curve.setdefault(int(iterations), {})[method] = values.droplevel(["iterations", "method"])
+    for (iterations, method), values in per_case(final, by=("iterations", "method")).groupby(["iterations", "method"]):
+        curve.setdefault(int(iterations), {})[method] = values.set_index("case")["Dice"]
         replicates.setdefault(int(iterations), {})[method] = int(counts[(iterations, method)])
     for method, sampler in CURVE_METHODS.items():
         values = final_metric(cases, method, sampler)

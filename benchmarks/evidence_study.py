@@ -293,14 +293,15 @@ def budget_curve(spec: dict, work: str, device: str, budgets: list[int], stock_r
         for replicate in range(stock_replicates):
             train_model(spec, curve_work, stock, replicate, device)
         train_model(spec, curve_work, recycling, 0, device)
-        stock_folder, recycling_folder = (model_folder(envs[0], spec, t) for t in (stock, recycling))
-        choose_ensemble(envs[0], recycling_folder, stock_folder)
+        stock_folders = [model_folder(env, spec, stock) for env in envs]
+        recycling_folder = model_folder(envs[0], spec, recycling)
+        choose_ensemble(envs[0], recycling_folder, stock_folders[0])
         # (method, replicate, the models in it, command); stock keeps its probabilities for the seed-ensemble
-        jobs = [*[("stock", r, [model_folder(envs[r], spec, stock)],
-                   ["nnUNetv2_predict", "-tr", stock, "--save_probabilities"]) for r in range(stock_replicates)],
+        jobs = [*[("stock", r, [folder], ["nnUNetv2_predict", "-tr", stock, "--save_probabilities"])
+                  for r, folder in enumerate(stock_folders)],
                 ("recycling_block", 0, [recycling_folder], diffusion_command(recycling, "ddpm")),
-                ("ensemble_recycling_block", 0, [recycling_folder, stock_folder],
-                 diffusion_command(recycling, "ddpm", stock_folder))]
+                ("ensemble_recycling_block", 0, [recycling_folder, stock_folders[0]],
+                 diffusion_command(recycling, "ddpm", stock_folders[0]))]
         for method, replicate, models, command in jobs:
             out = prediction_folder(curve_work, replicate, f"{method}_{iterations}", None)
             _timed(os.path.join(out, "finished.json"), run, [*command, *common, "-o", out], envs[replicate])
@@ -309,8 +310,8 @@ def budget_curve(spec: dict, work: str, device: str, budgets: list[int], stock_r
             first, second = (prediction_folder(curve_work, r, f"stock_{iterations}", None) for r in (0, 1))
             out = prediction_folder(curve_work, 0, f"stock_seed_ensemble_{iterations}", None)
             _seed_ensemble(envs[0], first, second, out)
-            rows += _curve_rows(out, test, [model_folder(e, spec, stock) for e in envs[:2]], iterations=iterations,
-                                method="stock_seed_ensemble", replicate=0)
+            rows += _curve_rows(out, test, stock_folders[:2], iterations=iterations, method="stock_seed_ensemble",
+                                replicate=0)
     path = os.path.join(REPO, "docs", "results", f"evidence_{spec['key']}_budget_curve.csv")
     if rows:
         write_rows(_merged(path, rows, ("iterations", "method", "replicate")), path)
