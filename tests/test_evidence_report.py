@@ -79,6 +79,7 @@ def test_budget_curve_joins_its_runs_with_the_main_studys_1000_iterations(study)
     # the two stock replicates of the 300 point are averaged per case
     assert curve["300"]["stock_dice"] == pytest.approx(0.65)
     assert curve["300"]["recycling_block vs stock"]["mean_difference"] == pytest.approx(-0.15)
+    assert curve["300"]["recycling_block vs stock"]["cases"] == len(CASES)  # one value per case: labels averaged
     assert curve["300"]["ensemble_recycling_block vs stock"]["mean_difference"] == pytest.approx(0.03)
     assert curve["300"]["ensemble_recycling_block vs stock_seed_ensemble"]["mean_difference"] == pytest.approx(0.02)
     assert curve["300"]["stock_seed_ensemble vs stock"]["mean_difference"] == pytest.approx(0.01)
