@@ -10,6 +10,8 @@ evaluation is kept under --work and skipped when run again, so the study can be 
     .venv/bin/python benchmarks/evidence_study.py --dataset hippocampus --stage budget_curve --budgets 300
     .venv/bin/python benchmarks/evidence_study.py --dataset hippocampus --stage budget_curve --budgets 3000 \
         --budget_stock_replicates 2   # + a second stock model and the seed-ensemble control
+    .venv/bin/python benchmarks/evidence_study.py --dataset hippocampus --stage budget_curve --budgets 3000 \
+        --budget_replicates 2   # another replicate, numbered after the committed ones
     .venv/bin/python benchmarks/evidence_study.py --dataset hc18 --only_replicates 1   # one more, after a lost work
 
 ``--only_replicates`` works on the named replicates alone: their results join the committed ones of the others.
@@ -61,7 +63,7 @@ STOCK_METHODS = ("stock", "stock_1300")
 DIFFUSION_METHODS = [m for m in METHODS if m not in STOCK_METHODS]
 ITERATIONS = {"stock": 1000, "recycling_stage": 1000, "recycling_block": 1000, "recycling_warm": 1000 + 300,
               "stock_1300": 1300}
-# budget curve, one replicate per point; its 1000-iteration point is the main study's stock and 'block' recycling
+# budget curve: the stock and 'block' recycling trainer of each budget; its 1000-iteration point is the main study's
 BUDGET_CURVE = {300: ("nnUNetTrainer_300iters", "nnUNetTrainerDiffRecycle_blockFiLM_300iters"),
                 3000: ("nnUNetTrainer_3000iters", "nnUNetTrainerDiffRecycle_blockFiLM_3000iters")}
 
@@ -270,48 +272,59 @@ def record_models(spec: dict, work: str, replicates: list[int]) -> str:
     return path
 
 
-def budget_curve(spec: dict, work: str, device: str, budgets: list[int], stock_replicates: int = 1) -> str:
+def budget_curve_models(replicates: list[int], stock_replicates: int = 1) -> list[tuple[str, int]]:
+    """(model, replicate) of one budget in training order: per replicate r, stock r and 'block' recycling r (the two
+    halves of ensemble r), then, with ``stock_replicates`` 2, stock r + 1, the seed-ensemble partner of stock r."""
+    order = [(model, r) for r in replicates for model in ("stock", "recycling_block")]
+    return order + ([("stock", r + 1) for r in replicates] if stock_replicates == 2 else [])
+
+
+def budget_curve(spec: dict, work: str, device: str, budgets: list[int], replicates: list[int],
+                 stock_replicates: int = 1) -> str:
     """Stock vs block-conditioned recycling (DDPM) and their ensemble (weight chosen on validation) at the
-    ``budgets`` of BUDGET_CURVE, trained, predicted and evaluated in ``<work>/budget_curve``; with
-    ``stock_replicates`` 2, a second stock model per budget and the two stock models' seed-ensemble, the control of
-    the ensemble. Rows merged into docs/results/evidence_<dataset>_budget_curve.csv (the report adds the main
-    study's 1000-iteration point)."""
+    ``budgets`` of BUDGET_CURVE, trained, predicted and evaluated in ``<work>/budget_curve``, one replicate r of each
+    per ``replicates``; with ``stock_replicates`` 2, also stock r + 1 and the seed-ensemble of stocks r and r + 1
+    (recorded under r), the control of the ensemble. Each model is predicted as soon as it is trained, so a cut-short
+    run keeps what finished. Rows merged into docs/results/evidence_<dataset>_budget_curve.csv (the report adds the
+    main study's 1000-iteration point)."""
     curve_work = os.path.join(work, "budget_curve")
     for source in ("nnUNet_raw", "nnUNet_preprocessed"):  # share the converted and preprocessed data
         target = os.path.join(curve_work, source)
         if not os.path.exists(target):
             os.makedirs(curve_work, exist_ok=True)
             os.symlink(os.path.join(work, source), target)
-    envs = [{**nnunet_env(curve_work, r), "nnUNet_n_proc_DA": "0"} for r in range(stock_replicates)]
-    images = os.path.join(envs[0]["nnUNet_raw"], spec["name"], "imagesTs")
+    models = budget_curve_models(replicates, stock_replicates)
+    envs = {r: {**nnunet_env(curve_work, r), "nnUNet_n_proc_DA": "0"} for _, r in models}
+    images = os.path.join(envs[replicates[0]]["nnUNet_raw"], spec["name"], "imagesTs")
     common = ["-d", str(spec["id"]), "-c", spec["configuration"], "-f", "0", "-device", device, "--disable_tta",
               "-npp", "1", "-nps", "1", "-i", images]
     test = test_cases(spec, work)
     rows = []
     for iterations in budgets:
-        stock, recycling = BUDGET_CURVE[iterations]
-        for replicate in range(stock_replicates):
-            train_model(spec, curve_work, stock, replicate, device)
-        train_model(spec, curve_work, recycling, 0, device)
-        stock_folders = [model_folder(env, spec, stock) for env in envs]
-        recycling_folder = model_folder(envs[0], spec, recycling)
-        choose_ensemble(envs[0], recycling_folder, stock_folders[0])
-        # (method, replicate, the models in it, command); stock keeps its probabilities for the seed-ensemble
-        jobs = [*[("stock", r, [folder], ["nnUNetv2_predict", "-tr", stock, "--save_probabilities"])
-                  for r, folder in enumerate(stock_folders)],
-                ("recycling_block", 0, [recycling_folder], diffusion_command(recycling, "ddpm")),
-                ("ensemble_recycling_block", 0, [recycling_folder, stock_folders[0]],
-                 diffusion_command(recycling, "ddpm", stock_folders[0]))]
-        for method, replicate, models, command in jobs:
-            out = prediction_folder(curve_work, replicate, f"{method}_{iterations}", None)
-            _timed(os.path.join(out, "finished.json"), run, [*command, *common, "-o", out], envs[replicate])
-            rows += _curve_rows(out, test, models, iterations=iterations, method=method, replicate=replicate)
-        if stock_replicates > 1:
-            first, second = (prediction_folder(curve_work, r, f"stock_{iterations}", None) for r in (0, 1))
-            out = prediction_folder(curve_work, 0, f"stock_seed_ensemble_{iterations}", None)
-            _seed_ensemble(envs[0], first, second, out)
-            rows += _curve_rows(out, test, stock_folders[:2], iterations=iterations, method="stock_seed_ensemble",
-                                replicate=0)
+        trainers = dict(zip(("stock", "recycling_block"), BUDGET_CURVE[iterations], strict=True))
+        folders = {(model, r): model_folder(envs[r], spec, trainers[model]) for model, r in models}
+        for model, r in models:
+            train_model(spec, curve_work, trainers[model], r, device)
+            # (method, the models in it, command); stock keeps its probabilities for the seed-ensemble
+            if model == "stock":
+                jobs = [("stock", [folders[model, r]], ["nnUNetv2_predict", "-tr", trainers[model],
+                                                        "--save_probabilities"])]
+            else:
+                stock = folders["stock", r]
+                choose_ensemble(envs[r], folders[model, r], stock)
+                jobs = [("recycling_block", [folders[model, r]], diffusion_command(trainers[model], "ddpm")),
+                        ("ensemble_recycling_block", [folders[model, r], stock],
+                         diffusion_command(trainers[model], "ddpm", stock))]
+            for method, used, command in jobs:
+                out = prediction_folder(curve_work, r, f"{method}_{iterations}", None)
+                _timed(os.path.join(out, "finished.json"), run, [*command, *common, "-o", out], envs[r])
+                rows += _curve_rows(out, test, used, iterations=iterations, method=method, replicate=r)
+        for r in replicates if stock_replicates == 2 else []:
+            first, second = (prediction_folder(curve_work, s, f"stock_{iterations}", None) for s in (r, r + 1))
+            out = prediction_folder(curve_work, r, f"stock_seed_ensemble_{iterations}", None)
+            _seed_ensemble(envs[r], first, second, out)
+            rows += _curve_rows(out, test, [folders["stock", r], folders["stock", r + 1]], iterations=iterations,
+                                method="stock_seed_ensemble", replicate=r)
     path = os.path.join(REPO, "docs", "results", f"evidence_{spec['key']}_budget_curve.csv")
     if rows:
         write_rows(_merged(path, rows, ("iterations", "method", "replicate")), path)
@@ -339,15 +352,21 @@ def main() -> None:
                         help="train, choose, predict and evaluate these replicate numbers only (default: all)")
     parser.add_argument("--budgets", type=int, nargs="+", default=sorted(BUDGET_CURVE), choices=sorted(BUDGET_CURVE),
                         help="budget_curve stage: the iterations to train (default: all)")
+    parser.add_argument("--budget_replicates", type=int, nargs="+", default=[0],
+                        help="budget_curve stage: the replicate numbers of stock, recycling and their ensemble "
+                             "(default: 0)")
     parser.add_argument("--budget_stock_replicates", type=int, default=1, choices=(1, 2),
-                        help="budget_curve stage: 2 trains a second stock model per budget for the seed-ensemble "
-                             "control (default: 1)")
+                        help="budget_curve stage: 2 trains stock replicate r + 1 beside each replicate r, for the "
+                             "seed-ensemble control (default: 1)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--samplers", default=",".join(SAMPLERS),
                         help="comma-separated samplers the diffusion models predict with (default: all)")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help=f"comma-separated subset of {', '.join(METHODS)} to train (default: all)")
     args = parser.parse_args()
+    if args.budget_stock_replicates == 2 and set(args.budget_replicates) & {r + 1 for r in args.budget_replicates}:
+        parser.error("--budget_stock_replicates 2 trains stock r + 1 as the partner of replicate r: "
+                     "--budget_replicates must not hold two consecutive numbers")
     spec = {**DATASETS[args.dataset], "key": args.dataset}
     replicates = args.only_replicates or list(range(args.replicates or (2 if args.dataset == "hc18" else 3)))
     work = os.path.join(os.path.abspath(args.work), args.dataset)
@@ -368,7 +387,7 @@ def main() -> None:
         from evidence_report import write_evidence
         write_evidence(spec)
     if "budget_curve" in stages:
-        budget_curve(spec, work, args.device, args.budgets, args.budget_stock_replicates)
+        budget_curve(spec, work, args.device, args.budgets, args.budget_replicates, args.budget_stock_replicates)
     log(f"done in {time.time() - started:.0f} s")
 
 

@@ -1,5 +1,6 @@
-"""The evidence study's bookkeeping: the seed-ensemble control pairs each two stock replicates once, ensembles are
-predicted at the weight chosen on validation, and evaluated rows carry the fields they are evaluated under now."""
+"""The evidence study's bookkeeping: the seed-ensemble control pairs each two stock replicates once, the budget curve
+trains what an ensemble needs first, ensembles are predicted at the weight chosen on validation, and evaluated rows
+carry the fields they are evaluated under now."""
 
 import json
 import os
@@ -9,7 +10,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 from benchmark_protocol import evaluate_prediction_folder  # noqa: E402
-from evidence_study import diffusion_command, seed_ensemble_pairs  # noqa: E402
+from evidence_study import budget_curve_models, diffusion_command, seed_ensemble_pairs  # noqa: E402
 
 
 @pytest.mark.parametrize("replicates, pairs", [
@@ -23,6 +24,21 @@ def test_each_unordered_pair_once(replicates, pairs):
     assert found == pairs
     assert len({frozenset(p) for p in found}) == len(found)
     assert all(a != b for a, b in found)
+
+
+@pytest.mark.parametrize("replicates, stock_replicates, models", [
+    ([0], 1, [("stock", 0), ("recycling_block", 0)]),
+    ([0], 2, [("stock", 0), ("recycling_block", 0), ("stock", 1)]),
+    ([2, 4], 2, [("stock", 2), ("recycling_block", 2), ("stock", 4), ("recycling_block", 4), ("stock", 3),
+                 ("stock", 5)]),
+])
+def test_budget_curve_trains_each_ensembles_stock_before_its_recycling(replicates, stock_replicates, models):
+    """Each model is predicted as soon as it is trained, and ensemble r needs stock r; the seed-ensemble partners
+    come last, so that a run cut short has the ensembles first."""
+    found = budget_curve_models(replicates, stock_replicates)
+    assert found == models
+    for r in replicates:
+        assert found.index(("stock", r)) < found.index(("recycling_block", r))
 
 
 def test_ensemble_prediction_takes_the_weight_chosen_on_validation():
