@@ -47,7 +47,9 @@ def nnunet_env(work: str, replicate: int) -> dict:
     """The environment of nnU-Net's commands: shared raw and preprocessed folders, one results folder a replicate."""
     env = dict(os.environ)
     env.update({"nnUNet_raw": f"{work}/nnUNet_raw", "nnUNet_preprocessed": f"{work}/nnUNet_preprocessed",
-                "nnUNet_results": f"{work}/nnUNet_results/replicate_{replicate}", "nnUNet_compile": "f",
+                "nnUNet_results": f"{work}/nnUNet_results/replicate_{replicate}",
+                # compiling costs more than it saves in CPU runs this short; the GPU script turns it on
+                "nnUNet_compile": env.get("nnUNet_compile", "f"),
                 "nnUNet_def_n_proc": env.get("nnUNet_def_n_proc", "2")})
     for key in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         os.makedirs(env[key], exist_ok=True)

@@ -55,6 +55,12 @@ class _3000IterationsMixin(_FixedBudgetMixin):
     budget = (60, 50, 10)
 
 
+class _5000IterationsMixin(_FixedBudgetMixin):
+    """100 epochs x 50 training iterations: the evidence study's GPU budget (benchmarks/gpu_evidence_hc18.sh)."""
+
+    budget = (100, 50, 10)
+
+
 class _10IterationsMixin(_FixedBudgetMixin):
     """1 epoch x 10 training iterations, 2 pseudo-validation iterations: smoke tests."""
 
@@ -101,6 +107,10 @@ class nnUNetTrainer_3000iters(_3000IterationsMixin, nnUNetTrainer):
     pass
 
 
+class nnUNetTrainer_5000iters(_5000IterationsMixin, nnUNetTrainer):
+    pass
+
+
 class nnUNetTrainerDiffRecycle_blockFiLM_300iters(_300IterationsMixin, nnUNetTrainerDiffRecycle_blockFiLM):
     pass
 
@@ -110,6 +120,10 @@ class nnUNetTrainerDiffRecycle_blockFiLM_1000iters(_1000IterationsMixin, nnUNetT
 
 
 class nnUNetTrainerDiffRecycle_blockFiLM_3000iters(_3000IterationsMixin, nnUNetTrainerDiffRecycle_blockFiLM):
+    pass
+
+
+class nnUNetTrainerDiffRecycle_blockFiLM_5000iters(_5000IterationsMixin, nnUNetTrainerDiffRecycle_blockFiLM):
     pass
 
 
