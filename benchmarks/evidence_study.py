@@ -308,8 +308,8 @@ def budget_curve(spec: dict, work: str, device: str, budgets: list[int], replica
         folders = {(model, r): model_folder(envs[r], spec, trainers[model]) for model, r in models}
         if parallel:
             with ThreadPoolExecutor(len(models)) as pool:
-                list(pool.map(train_model, *zip(*[(spec, curve_work, trainers[m], r, device) for m, r in models],
-                                                strict=True)))
+                for training in [pool.submit(train_model, spec, curve_work, trainers[m], r, device) for m, r in models]:
+                    training.result()  # a failed training raises here
         for model, r in models:
             train_model(spec, curve_work, trainers[model], r, device)
             # (method, the models in it, command); stock keeps its probabilities for the seed-ensemble
