@@ -12,7 +12,8 @@
 # them the train-step part falls back to the unit tests' tiny plans. Results: docs/results/gpu_check_*.json.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-py=${PYTHON:-$repo/.venv/bin/python}
+# the checkout's .venv here; on the lent GPU machine (no .venv) the python3 that benchmarks/device_env.sh installed into
+py=${PYTHON:-$([ -x "$repo/.venv/bin/python" ] && echo "$repo/.venv/bin/python" || echo python3)}
 device=cuda
 [ "${1:-}" = "--device" ] && device=${2:-cuda}
 export nnUNet_compile=${nnUNet_compile:-$([ "$device" = cuda ] && echo t || echo f)}

@@ -5,7 +5,8 @@
 # HC18 model at batch 6 leaves most of it idle), then every model is predicted (DDPM, 5 steps, no mirroring) and
 # evaluated on the 40 test images exactly as in the CPU study (benchmarks/evidence_study.py, budget_curve stage).
 #
-#   bash benchmarks/gpu_evidence_hc18.sh            # on the GPU machine; run it again to continue a cut-short run
+#   bash benchmarks/gpu_evidence_hc18.sh            # on the GPU machine (environment: benchmarks/device_env.sh);
+#                                                   # run it again to continue a cut-short run
 #   bash benchmarks/gpu_evidence_hc18.sh --smoke    # anywhere: 10 iterations per model on the CPU, compile off
 #
 # The smoke run writes its 10-iteration rows into this checkout's docs/results: run it in a scratch clone.
@@ -15,7 +16,8 @@
 # Environment: WORK (default <repo>/benchmark_data/evidence), PYTHON, nnUNet_n_proc_DA (default 4 a training on GPU).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-py=${PYTHON:-$repo/.venv/bin/python}
+# the checkout's .venv here; on the lent GPU machine (no .venv) the python3 that benchmarks/device_env.sh installed into
+py=${PYTHON:-$([ -x "$repo/.venv/bin/python" ] && echo "$repo/.venv/bin/python" || echo python3)}
 if [ "${1:-}" = --smoke ]; then
     device=cpu budget=10
     export nnUNet_compile=f nnUNet_n_proc_DA=${nnUNet_n_proc_DA:-0}
