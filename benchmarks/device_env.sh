@@ -46,6 +46,12 @@ PY
         || "$here_py" -m pip wheel -q --no-deps -w "$wheels" "$pin"
     done
     "$here_py" -m pip wheel -q --no-deps --no-build-isolation -w "$wheels" "$repo"
+    # a fallback build of a binary package would target this machine's Python, not the device's
+    local foreign
+    foreign=$(ls "$wheels" | grep -v -e '-none-any\.whl$' -e "-cp${version/./}-" -e '-abi3-' || true)
+    if [ -n "$foreign" ]; then
+        echo "device_env: no wheel for Python $version of: $foreign" >&2; exit 1
+    fi
     # wheels are deflated zips, which xz cannot shrink further; stored uncompressed (still valid wheels), they pack
     # to about 60 % of their size (SimpleITK: 53 -> 29 MB)
     "$here_py" - "$wheels" <<'PY'
