@@ -90,14 +90,7 @@ install() {
     cat "$stash"/part_* | xz -d | tar -C "$wheels" -xf -
     "$py" -m pip install -q --no-index --no-deps --no-compile "$wheels"/*.whl
     rm -rf "$wheels"
-    "$py" - <<'PY'
-import contextlib, io
-import torch, nnunetv2  # noqa: F401
-from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-with contextlib.redirect_stdout(io.StringIO()):
-    trainer = recursive_find_trainer_class_by_name("nnUNetTrainerDiffRecycle")
-print(f"device_env: torch {torch.__version__} (CUDA {torch.cuda.is_available()}); nnU-Net finds {trainer.__name__}")
-PY
+    "$py" "$repo/scripts/check_env.py" "device_env:"
 }
 
 case "${1:-}" in

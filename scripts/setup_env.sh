@@ -28,12 +28,5 @@ if ! "$py" -c "import torch, torchvision" >/dev/null 2>&1; then
 fi
 echo "[setup] installing nnunetv2-diffusion (editable) with its test and benchmark extras" >&2
 "$py" -m pip install -q -e "$repo[test,bench]" >&2
-"$py" - >&2 <<'PY'
-import torch, torchvision, nnunetv2  # noqa: F401  fail here, not deep inside nnU-Net, if the pair is broken
-from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-import contextlib, io
-with contextlib.redirect_stdout(io.StringIO()):
-    trainer = recursive_find_trainer_class_by_name("nnUNetTrainerDiffRecycle")
-print(f"[setup] torch {torch.__version__}, torchvision {torchvision.__version__}; stock nnU-Net finds {trainer.__name__}")
-PY
+"$py" "$repo/scripts/check_env.py" "[setup]" >&2
 echo "$venv"
