@@ -61,26 +61,40 @@ def foreground_dice(segmentation: np.ndarray, reference: np.ndarray, labels: lis
     return dice
 
 
+def case_dice_by_weight(p_diffusion: np.ndarray, p_stock: np.ndarray, reference: np.ndarray, label_manager,
+                        weights=WEIGHTS) -> dict[float, np.ndarray]:
+    """Dice of every foreground label (region) of one case's ensemble ``(1 - w) p_diffusion + w p_stock`` at every
+    weight w, segmented as nnU-Net's export does (argmax, or regions thresholded at 0.5 and painted in
+    ``regions_class_order``): {w: float64 (labels,)}, NaN where prediction and reference are both empty.
+
+    p_diffusion, p_stock: probabilities (C, *spatial) in [0, 1] on the same grid; reference: label map (*spatial) or
+    (1, *spatial)."""
+    if p_diffusion.shape != p_stock.shape:
+        raise DiffusionPredictorError(f"probabilities of different shapes {p_diffusion.shape} vs {p_stock.shape}: "
+                                      f"not the same preprocessing")
+    labels = label_manager.foreground_regions if label_manager.has_regions else label_manager.foreground_labels
+    reference = reference.reshape(p_diffusion.shape[1:])
+    return {w: foreground_dice(np.asarray(label_manager.convert_probabilities_to_segmentation(
+        (1 - w) * p_diffusion + w * p_stock)), reference, labels, label_manager.ignore_label) for w in weights}
+
+
 def validation_dice_by_weight(diffusion_files: list[str], stock_files: list[str], references: list[np.ndarray],
                               label_manager, weights=WEIGHTS) -> dict[float, float]:
     """Mean over labels (regions) of the per-label mean (over cases, NaN ignored) Dice of the ensemble at every
-    weight, each ensemble segmented as nnU-Net's export does (argmax, or regions thresholded at 0.5 and painted in
-    ``regions_class_order``).
+    weight (:func:`case_dice_by_weight`).
 
     diffusion_files, stock_files: ``.npz`` with 'probabilities' (C, *spatial) per case, in the same order as
-    ``references`` (label maps (*spatial) or (1, *spatial)); label_manager: nnU-Net's, of the dataset."""
-    labels = label_manager.foreground_regions if label_manager.has_regions else label_manager.foreground_labels
+    ``references`` (label maps (*spatial) or (1, *spatial))."""
     scores = {w: [] for w in weights}
     for diffusion_file, stock_file, reference in zip(diffusion_files, stock_files, references, strict=True):
         p_diffusion = np.load(diffusion_file)["probabilities"].astype(np.float32)
         p_stock = np.load(stock_file)["probabilities"].astype(np.float32)
-        if p_diffusion.shape != p_stock.shape:
-            raise DiffusionPredictorError(f"{diffusion_file} and {stock_file} have different shapes "
-                                          f"{p_diffusion.shape} vs {p_stock.shape}: not the same preprocessing")
-        reference = reference.reshape(p_diffusion.shape[1:])
+        try:
+            dice = case_dice_by_weight(p_diffusion, p_stock, reference, label_manager, weights)
+        except DiffusionPredictorError as e:
+            raise DiffusionPredictorError(f"{diffusion_file} and {stock_file}: {e}") from None
         for w in weights:
-            segmentation = label_manager.convert_probabilities_to_segmentation((1 - w) * p_diffusion + w * p_stock)
-            scores[w].append(foreground_dice(np.asarray(segmentation), reference, labels, label_manager.ignore_label))
+            scores[w].append(dice[w])
     return {w: float(np.nanmean(np.nanmean(np.stack(s), axis=0))) for w, s in scores.items()}
 
 

@@ -1,0 +1,46 @@
+"""The sample-count study: the mean of the first k saved samples is what --num_samples k averages, and (K, w) is
+chosen from validation Dice alone, ties going to fewer samples and to the weight nearest the plain average."""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from sample_count_study import SAMPLE_COUNTS, choose, mean_of_samples  # noqa: E402
+
+from nnunetv2_diffusion.inference.ensemble_choice import WEIGHTS  # noqa: E402
+
+
+def test_mean_of_the_first_k_samples(tmp_path):
+    os.makedirs(tmp_path / "samples")
+    samples = [np.full((2, 3), v, dtype=np.float32) for v in (0.2, 0.4, 0.9)]
+    for k, p in enumerate(samples, start=1):
+        np.savez(tmp_path / "samples" / f"case_sample{k}.npz", probabilities=p)
+    np.testing.assert_allclose(mean_of_samples(str(tmp_path), "case", 1), samples[0])
+    np.testing.assert_allclose(mean_of_samples(str(tmp_path), "case", 2), np.full((2, 3), 0.3), rtol=1e-6)
+    np.testing.assert_allclose(mean_of_samples(str(tmp_path), "case", 3), np.full((2, 3), 0.5), rtol=1e-6)
+
+
+def _table(best: dict[int, tuple[float, float]]) -> dict[int, dict[float, np.ndarray]]:
+    """Validation Dice 0.9 everywhere except (K, w) -> Dice given in ``best``, three cases each."""
+    table = {k: {w: np.full(3, 0.9) for w in WEIGHTS} for k in SAMPLE_COUNTS}
+    for k, (w, dice) in best.items():
+        table[k][w] = np.full(3, dice)
+    return table
+
+
+def test_choice_is_the_best_validation_ensemble():
+    choice = choose(_table({1: (0.3, 0.91), 4: (0.7, 0.95), 8: (0.2, 0.93)}))
+    assert (choice["samples"], choice["weight"]) == (4, 0.7)
+    assert choice["weight_by_samples"] == {"1": 0.3, "2": 0.5, "4": 0.7, "8": 0.2}
+    assert choice["validation_dice"]["4"]["ensemble"] == pytest.approx(0.95)
+    assert choice["validation_dice"]["4"]["diffusion_alone"] == pytest.approx(0.9)
+
+
+def test_ties_go_to_fewer_samples_and_the_plain_average():
+    choice = choose(_table({}))
+    assert (choice["samples"], choice["weight"]) == (1, 0.5)
+    choice = choose(_table({2: (0.25, 0.95), 8: (0.75, 0.95)}))
+    assert (choice["samples"], choice["weight"]) == (2, 0.25)
