@@ -10,22 +10,26 @@ is what ``--num_samples k`` would give (up to the export's resampling of each sa
 ensemble ``(1 - w) p_diffusion + w p_stock`` is formed from exported probabilities, as
 ``nnUNetv2_diffusion_choose_ensemble`` does: on the fold's validation cases with the stock model's final validation,
 on the test cases with its ``--save_probabilities`` test prediction. (K, w) is the best validation Dice (ties: the
-smaller K, then w nearest 0.5); test cases are only scored. Dice: every foreground label, nnU-Net's convention, mean
-over labels per case; the control (a prediction folder, e.g. the seed-ensemble) is scored by the same code.
+smaller K, then w nearest 0.5); test cases are only scored, beside the plain average (w = 0.5, no choice, as the
+seed-ensemble control averages its two stock models). Dice: every foreground label, nnU-Net's convention, mean over
+labels per case; the control (a prediction folder, e.g. the seed-ensemble) is scored by the same code. An average can
+only gain where its members differ, so the test Dice between two diffusion samples, between a sample and stock, and
+(``--partner``) between stock and the control's second stock model is reported too.
 
     .venv/bin/python benchmarks/sample_count_study.py --dataset hc18 --work W --tag r4_block \\
         -m W/nnUNet_results/replicate_4/Dataset520_HC18/nnUNetTrainerDiffRecycle_blockFiLM_1000iters__nnUNetPlans__2d \\
         --ensemble_with W/nnUNet_results/replicate_4/Dataset520_HC18/nnUNetTrainer_1000iters__nnUNetPlans__2d \\
-        --stock_test W/predictions/replicate_4/stock --control W/predictions/replicate_4/stock_seed_ensemble
-    .venv/bin/python benchmarks/sample_count_study.py --dataset hc18 --report
+        --stock_test W/predictions/replicate_4/stock --control W/predictions/replicate_4/stock_seed_ensemble \\
+        --partner W/predictions/replicate_5/stock
+    .venv/bin/python benchmarks/sample_count_study.py --dataset hc18 --report --pool block r4_block r5_block
 
-Predictions are kept under ``<work>/sample_count/<tag>`` (a finished run is not repeated); results merge into
+Predictions are kept under ``<work>/sample_count``, one folder per diffusion model (a finished run is not repeated,
+also not when the model is paired with another stock model under another tag); results merge into
 docs/results/sample_count_<dataset>.csv (test Dice per tag, K, weight and case) and sample_count_<dataset>.json
 (the validation table and choice of each tag, and the report).
 """
 
 import argparse
-import functools
 import json
 import os
 import sys
@@ -83,6 +87,12 @@ def predict_samples(work: str, model: str, images: str, out: str, samples: int, 
     json.dump({"seconds": time.time() - start, "samples": samples}, open(marker, "w"))
 
 
+def prediction_root(work: str, model: str) -> str:
+    """Where a diffusion model's sample predictions are kept: one folder per model, whichever stock model it is
+    ensembled with, so that pairing it with a second stock model predicts nothing again."""
+    return os.path.join(work, "sample_count", os.path.relpath(model, work).replace(os.sep, "__"))
+
+
 def mean_of_samples(folder: str, case: str, count: int) -> np.ndarray:
     """The mean of the first ``count`` samples' exported probabilities of one case, float32 (C, *spatial)."""
     total = None
@@ -119,13 +129,13 @@ def choose(validation: dict[int, dict[float, np.ndarray]]) -> dict:
 
 
 def study(spec: dict, work: str, tag: str, model: str, stock: str, stock_test: str, control: str | None,
-          device: str) -> None:
+          partner: str | None, device: str) -> None:
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     dataset_json = json.load(open(os.path.join(model, "dataset.json")))
     plans = PlansManager(os.path.join(model, "plans.json"))
     label_manager = plans.get_label_manager(dataset_json)
-    out = os.path.join(work, "sample_count", tag)
+    out = prediction_root(work, model)
     images, validation_cases = validation_images(spec, work)
     test_references, ending, reader, _ = test_cases(spec, work)
     test_images = os.path.join(work, "nnUNet_raw", spec["name"], "imagesTs")
@@ -144,18 +154,35 @@ def study(spec: dict, work: str, tag: str, model: str, stock: str, stock_test: s
     test = dice_table(os.path.join(out, "test"), stock_test_files, test_refs, label_manager)
     rows = []
     for k in SAMPLE_COUNTS:
-        for kind, w in (("diffusion", 0.0), ("ensemble", choice["weight_by_samples"][str(k)])):
+        # "average": the plain mean, as the seed-ensemble control averages its two stock models
+        for kind, w in (("diffusion", 0.0), ("ensemble", choice["weight_by_samples"][str(k)]),
+                        ("average", DEFAULT_ENSEMBLE_WEIGHT)):
             rows += [{"tag": tag, "kind": kind, "samples": k, "weight": w, "case": c, "dice": float(d)}
                      for c, d in zip(test_refs, test[k][w], strict=True)]
     rows += [{"tag": tag, "kind": "stock", "samples": 0, "weight": 1.0, "case": c, "dice": float(d)}
              for c, d in zip(test_refs, test[1][1.0], strict=True)]
+    labels = label_manager.foreground_regions if label_manager.has_regions else label_manager.foreground_labels
+
+    def segmentation_dice(path: str, reference: np.ndarray) -> float:
+        """Foreground Dice (mean over labels) of the segmentation file at ``path`` against a label map."""
+        return float(np.nanmean(foreground_dice(reader.read_seg(path)[0], reference, labels,
+                                                label_manager.ignore_label)))
+
     if control:
-        labels = label_manager.foreground_regions if label_manager.has_regions else label_manager.foreground_labels
         rows += [{"tag": tag, "kind": "control", "samples": 0, "weight": "", "case": c,
-                  "dice": float(np.nanmean(foreground_dice(reader.read_seg(os.path.join(control, c + ending))[0],
-                                                           reference, labels, label_manager.ignore_label)))}
+                  "dice": segmentation_dice(os.path.join(control, c + ending), reference)}
                  for c, reference in test_refs.items()]
+    # how much the members of each ensemble disagree: an average gains only where its members differ
+    samples = os.path.join(out, "test", "samples")
+    pairs = {"diffusion sample 1 vs sample 2": lambda c: (f"{samples}/{c}_sample1{ending}",
+                                                          f"{samples}/{c}_sample2{ending}"),
+             "diffusion sample 1 vs stock": lambda c: (f"{samples}/{c}_sample1{ending}", f"{stock_test}/{c}{ending}")}
+    if partner:
+        pairs["stock vs its seed-ensemble partner"] = lambda c: (f"{stock_test}/{c}{ending}", f"{partner}/{c}{ending}")
+    agreement = {name: float(np.mean([segmentation_dice(a, reader.read_seg(b)[0]) for a, b in map(files, test_refs)]))
+                 for name, files in pairs.items()}
     record = {**choice, "model": model, "stock": stock, "stock_test": stock_test, "control": control,
+              "partner": partner, "test_agreement_dice": agreement,
               "validation_cases": len(validation_cases), "test_cases": len(test_refs),
               "seconds": {split: json.load(open(os.path.join(out, split, "finished.json")))["seconds"]
                           for split in ("validation", "test")}}
@@ -176,33 +203,54 @@ def save(key: str, tag: str, rows: list[dict], record: dict) -> None:
 
 
 def test_dice(rows: pd.DataFrame, kind: str, samples: int = 0) -> pd.Series:
-    """Per-case test Dice of one kind of prediction (diffusion, ensemble, stock, control) and sample count."""
+    """Per-case test Dice of one kind of prediction (diffusion, ensemble, average, stock, control) and sample
+    count."""
     return rows[(rows.kind == kind) & (rows.samples == samples)].set_index("case")["dice"]
 
 
-def report(key: str) -> dict:
+def tag_series(rows: pd.DataFrame, record: dict) -> dict[str, pd.Series]:
+    """Per-case test Dice of everything one tag predicted: stock, diffusion_K<k>, ensemble_K<k> (at the weight chosen
+    for k), average_K<k> (w = 0.5), "chosen ensemble" (the validation-chosen K) and the control."""
+    series = {"stock": test_dice(rows, "stock")}
+    for k in SAMPLE_COUNTS:
+        series.update({f"{kind}_K{k}": test_dice(rows, kind, k) for kind in ("diffusion", "ensemble", "average")})
+    series["chosen ensemble"] = series[f"ensemble_K{record['samples']}"]
+    if (rows.kind == "control").any():
+        series["control"] = test_dice(rows, "control")
+    return series
+
+
+COMPARISONS = (("chosen ensemble", "ensemble_K1"), ("chosen ensemble", "stock"), ("chosen ensemble", "control"),
+               ("ensemble_K1", "control"), ("average_K1", "control"), ("average_K1", "stock"),
+               (f"diffusion_K{max(SAMPLE_COUNTS)}", "diffusion_K1"), ("diffusion_K1", "stock"))
+
+
+def summarise(series: dict[str, pd.Series]) -> dict:
+    """Mean test Dice of each prediction and the paired Wilcoxon tests of COMPARISONS (where both exist)."""
+    return {"test_dice": {name: float(values.mean()) for name, values in series.items()},
+            "paired": {f"{a} vs {b}": paired(series[a], series[b]) for a, b in COMPARISONS
+                       if a in series and b in series}}
+
+
+def report(key: str, pools: dict[str, list[str]] | None = None) -> dict:
     """Test Dice per tag and K (one sample vs the average, alone and in the ensemble) and the paired tests of the
-    validation-chosen ensemble against the K = 1 ensemble, stock and the control; written into the JSON file."""
+    validation-chosen ensemble and the plain average against the K = 1 ensemble, stock and the control; and per pool
+    (a name and its tags; given ones are kept in the JSON file for later reports) the same over the per-case Dice
+    averaged over its tags. Written into the JSON file."""
     csv_path, json_path = results_paths(key)
     frame, summary = pd.read_csv(csv_path), json.load(open(json_path))
-    result = {}
-    for tag, record in sorted(summary["tags"].items()):
-        rows = frame[frame.tag == tag]
-        dice = functools.partial(test_dice, rows)
-        chosen = dice("ensemble", record["samples"])
-        entry = {"chosen": {"samples": record["samples"], "weight": record["weight"]},
-                 "test_dice": {"stock": float(dice("stock").mean()),
-                               **{f"diffusion_K{k}": float(dice("diffusion", k).mean()) for k in SAMPLE_COUNTS},
-                               **{f"ensemble_K{k}": float(dice("ensemble", k).mean()) for k in SAMPLE_COUNTS}},
-                 "paired": {"chosen ensemble vs ensemble_K1": paired(chosen, dice("ensemble", 1)),
-                            "chosen ensemble vs stock": paired(chosen, dice("stock")),
-                            f"diffusion_K{max(SAMPLE_COUNTS)} vs diffusion_K1": paired(
-                                dice("diffusion", max(SAMPLE_COUNTS)), dice("diffusion", 1))}}
-        if (rows.kind == "control").any():
-            entry["test_dice"]["control"] = float(dice("control").mean())
-            entry["paired"]["chosen ensemble vs control"] = paired(chosen, dice("control"))
-            entry["paired"]["ensemble_K1 vs control"] = paired(dice("ensemble", 1), dice("control"))
-        result[tag] = entry
+    series = {tag: tag_series(frame[frame.tag == tag], record) for tag, record in summary["tags"].items()}
+    result = {tag: {"chosen": {"samples": record["samples"], "weight": record["weight"]},
+                    "test_agreement_dice": record.get("test_agreement_dice"), **summarise(series[tag])}
+              for tag, record in sorted(summary["tags"].items())}
+    summary["pools"] = {**summary.get("pools", {}), **(pools or {})}
+    for name, tags in summary["pools"].items():
+        missing = [t for t in tags if t not in series]
+        if missing:
+            raise SystemExit(f"pool {name}: no results for tags {missing}")
+        shared = set.intersection(*(set(series[t]) for t in tags))
+        pooled = {n: pd.concat([series[t][n] for t in tags], axis=1).mean(axis=1) for n in sorted(shared)}
+        result[f"pool {name}"] = {"tags": tags, **summarise(pooled)}
     summary["report"] = result
     json.dump(summary, open(json_path, "w"), indent=1)
     return result
@@ -217,8 +265,13 @@ def main() -> None:
     parser.add_argument("--ensemble_with", help="stock model folder (its fold_0/validation has .npz)")
     parser.add_argument("--stock_test", help="prediction folder of the stock model on the test images, with .npz")
     parser.add_argument("--control", default=None, help="prediction folder scored beside (e.g. the seed-ensemble)")
+    parser.add_argument("--partner", default=None,
+                        help="test prediction folder of the second stock model of the seed-ensemble: how much the two "
+                             "stock models disagree is reported beside how much the diffusion samples do")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--report", action="store_true", help="only tabulate the tags already run")
+    parser.add_argument("--pool", nargs="+", action="append", default=[], metavar=("NAME", "TAG"),
+                        help="report also the per-case Dice averaged over these tags, under NAME (repeatable)")
     args = parser.parse_args()
     spec = {**DATASETS[args.dataset], "key": args.dataset}
     work = os.path.abspath(os.path.join(args.work, args.dataset))
@@ -226,8 +279,14 @@ def main() -> None:
         if not (args.tag and args.m and args.ensemble_with and args.stock_test):
             parser.error("--tag, -m, --ensemble_with and --stock_test are required unless --report")
         study(spec, work, args.tag, os.path.abspath(args.m), os.path.abspath(args.ensemble_with),
-              os.path.abspath(args.stock_test), args.control and os.path.abspath(args.control), args.device)
-    print(json.dumps(report(args.dataset), indent=1))
+              os.path.abspath(args.stock_test), args.control and os.path.abspath(args.control),
+              args.partner and os.path.abspath(args.partner), args.device)
+    pools = {}
+    for name, *tags in args.pool:
+        if not tags:
+            parser.error(f"--pool {name}: name the tags to pool")
+        pools[name] = tags
+    print(json.dumps(report(args.dataset, pools), indent=1))
 
 
 if __name__ == "__main__":

@@ -44,3 +44,32 @@ def test_ties_go_to_fewer_samples_and_the_plain_average():
     assert (choice["samples"], choice["weight"]) == (1, 0.5)
     choice = choose(_table({2: (0.25, 0.95), 8: (0.75, 0.95)}))
     assert (choice["samples"], choice["weight"]) == (2, 0.25)
+
+
+def test_pools_average_per_case_over_their_tags_and_are_kept(tmp_path, monkeypatch):
+    import json
+
+    import pandas as pd
+    import sample_count_study
+
+    csv_path, json_path = str(tmp_path / "s.csv"), str(tmp_path / "s.json")
+    monkeypatch.setattr(sample_count_study, "results_paths", lambda key: (csv_path, json_path))
+    rows = []
+    for tag, shift in (("a", 0.0), ("b", 0.1)):
+        for case, base in (("c1", 0.5), ("c2", 0.7)):
+            rows.append({"tag": tag, "kind": "stock", "samples": 0, "weight": 1.0, "case": case, "dice": base + shift})
+            for k in SAMPLE_COUNTS:
+                for kind in ("diffusion", "ensemble", "average"):
+                    rows.append({"tag": tag, "kind": kind, "samples": k, "weight": 0.5, "case": case,
+                                 "dice": base + shift + 0.01 * k})
+    pd.DataFrame(rows).to_csv(csv_path, index=False)
+    json.dump({"tags": {t: {"samples": 2, "weight": 0.5} for t in ("a", "b")}}, open(json_path, "w"))
+    result = sample_count_study.report("x", {"both": ["a", "b"]})
+    assert result["a"]["test_dice"]["chosen ensemble"] == pytest.approx((0.52 + 0.72) / 2)
+    pooled = result["pool both"]["test_dice"]
+    assert pooled["stock"] == pytest.approx((0.5 + 0.7 + 0.6 + 0.8) / 4)
+    assert pooled["average_K8"] == pytest.approx(pooled["stock"] + 0.08)
+    assert result["pool both"]["paired"]["chosen ensemble vs stock"]["better"] == 2
+    assert "pool both" in sample_count_study.report("x")  # kept for reports that name no pools
+    with pytest.raises(SystemExit, match="pool none"):
+        sample_count_study.report("x", {"none": ["a", "zzz"]})
