@@ -30,6 +30,7 @@ docs/results/sample_count_<dataset>.csv (test Dice per tag, K, weight and case) 
 """
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -161,32 +162,31 @@ def study(spec: dict, work: str, tag: str, model: str, stock: str, stock_test: s
                      for c, d in zip(test_refs, test[k][w], strict=True)]
     rows += [{"tag": tag, "kind": "stock", "samples": 0, "weight": 1.0, "case": c, "dice": float(d)}
              for c, d in zip(test_refs, test[1][1.0], strict=True)]
-    labels = label_manager.foreground_regions if label_manager.has_regions else label_manager.foreground_labels
-
-    def segmentation_dice(path: str, reference: np.ndarray) -> float:
-        """Foreground Dice (mean over labels) of the segmentation file at ``path`` against a label map."""
-        return float(np.nanmean(foreground_dice(reader.read_seg(path)[0], reference, labels,
-                                                label_manager.ignore_label)))
-
+    score = functools.partial(segmentation_dice, reader=reader, label_manager=label_manager)
     if control:
         rows += [{"tag": tag, "kind": "control", "samples": 0, "weight": "", "case": c,
-                  "dice": segmentation_dice(os.path.join(control, c + ending), reference)}
-                 for c, reference in test_refs.items()]
+                  "dice": score(os.path.join(control, c + ending), reference)} for c, reference in test_refs.items()]
     # how much the members of each ensemble disagree: an average gains only where its members differ
     samples = os.path.join(out, "test", "samples")
-    pairs = {"diffusion sample 1 vs sample 2": lambda c: (f"{samples}/{c}_sample1{ending}",
-                                                          f"{samples}/{c}_sample2{ending}"),
-             "diffusion sample 1 vs stock": lambda c: (f"{samples}/{c}_sample1{ending}", f"{stock_test}/{c}{ending}")}
+    members = {"diffusion sample 1 vs sample 2": (f"{samples}/{{}}_sample1{ending}", f"{samples}/{{}}_sample2{ending}"),
+               "diffusion sample 1 vs stock": (f"{samples}/{{}}_sample1{ending}", f"{stock_test}/{{}}{ending}")}
     if partner:
-        pairs["stock vs its seed-ensemble partner"] = lambda c: (f"{stock_test}/{c}{ending}", f"{partner}/{c}{ending}")
-    agreement = {name: float(np.mean([segmentation_dice(a, reader.read_seg(b)[0]) for a, b in map(files, test_refs)]))
-                 for name, files in pairs.items()}
+        members["stock vs its seed-ensemble partner"] = (f"{stock_test}/{{}}{ending}", f"{partner}/{{}}{ending}")
+    agreement = {name: float(np.mean([score(a.format(c), reader.read_seg(b.format(c))[0]) for c in test_refs]))
+                 for name, (a, b) in members.items()}
     record = {**choice, "model": model, "stock": stock, "stock_test": stock_test, "control": control,
               "partner": partner, "test_agreement_dice": agreement,
               "validation_cases": len(validation_cases), "test_cases": len(test_refs),
               "seconds": {split: json.load(open(os.path.join(out, split, "finished.json")))["seconds"]
                           for split in ("validation", "test")}}
     save(spec["key"], tag, rows, record)
+
+
+def segmentation_dice(path: str, reference: np.ndarray, reader, label_manager) -> float:
+    """Foreground Dice (nnU-Net's convention, mean over labels or regions) of the segmentation file at ``path``
+    against a label map of the same shape."""
+    labels = label_manager.foreground_regions if label_manager.has_regions else label_manager.foreground_labels
+    return float(np.nanmean(foreground_dice(reader.read_seg(path)[0], reference, labels, label_manager.ignore_label)))
 
 
 def save(key: str, tag: str, rows: list[dict], record: dict) -> None:
