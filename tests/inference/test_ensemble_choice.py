@@ -52,6 +52,14 @@ def test_region_ensembles_are_segmented_as_nnunet_exports_them(tmp_path):
     assert dice[0.0] == 1.0 and dice[1.0] == pytest.approx((1.0 + 0.0) / 2)
 
 
+def test_probabilities_of_different_grids_are_refused_naming_both_files(tmp_path):
+    manager = LabelManager({"background": 0, "a": 1}, regions_class_order=None)
+    diffusion = [_write_probabilities(tmp_path / "d", "a", np.full((2, 4), 0.5))]
+    stock = [_write_probabilities(tmp_path / "s", "a", np.full((2, 5), 0.5))]
+    with pytest.raises(DiffusionPredictorError, match=r"d/a\.npz and .*s/a\.npz: .*different shapes"):
+        validation_dice_by_weight(diffusion, stock, [np.zeros(4)], manager)
+
+
 def _write_probabilities(folder, name, probabilities):
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, name + ".npz")
