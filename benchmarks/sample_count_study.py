@@ -46,6 +46,7 @@ from evidence_report import paired  # noqa: E402
 from nnunetv2_diffusion.inference.ensemble_choice import (  # noqa: E402
     DEFAULT_ENSEMBLE_WEIGHT,
     WEIGHTS,
+    best_weight,
     case_dice_by_weight,
     foreground_dice,
 )
@@ -118,9 +119,9 @@ def dice_table(folder: str, stock_probabilities: dict[str, str], references: dic
 
 
 def choose(validation: dict[int, dict[float, np.ndarray]]) -> dict:
-    """Per K the best weight (ties: nearest 0.5), and the best (K, w) overall (ties: the smaller K)."""
-    weight = {k: max(by_weight, key=lambda w: (round(float(np.mean(by_weight[w])), 10),
-                                               -abs(w - DEFAULT_ENSEMBLE_WEIGHT)))
+    """Per K the best weight (``nnUNetv2_diffusion_choose_ensemble``'s rule: ties go to the weight nearest 0.5), and
+    the best (K, w) overall (ties: the smaller K)."""
+    weight = {k: best_weight({w: float(np.mean(dice)) for w, dice in by_weight.items()})
               for k, by_weight in validation.items()}
     best = max(SAMPLE_COUNTS, key=lambda k: (round(float(np.mean(validation[k][weight[k]])), 10), -k))
     return {"weight_by_samples": {str(k): w for k, w in weight.items()}, "samples": best, "weight": weight[best],
