@@ -95,13 +95,16 @@ def prediction_root(work: str, model: str) -> str:
     return os.path.join(work, "sample_count", os.path.relpath(model, work).replace(os.sep, "__"))
 
 
-def mean_of_samples(folder: str, case: str, count: int) -> np.ndarray:
-    """The mean of the first ``count`` samples' exported probabilities of one case, float32 (C, *spatial)."""
-    total = None
-    for k in range(1, count + 1):
+def means_of_first_samples(folder: str, case: str, counts=SAMPLE_COUNTS) -> dict[int, np.ndarray]:
+    """{k: the mean of the first k samples' exported probabilities of one case} for every k in ``counts``, float32
+    (C, *spatial); each sample file is read once."""
+    means, total = {}, None
+    for k in range(1, max(counts) + 1):
         p = np.load(os.path.join(folder, "samples", f"{case}_sample{k}.npz"))["probabilities"].astype(np.float32)
         total = p if total is None else total + p
-    return total / count
+        if k in counts:
+            means[k] = total / k
+    return means
 
 
 def dice_table(folder: str, stock_probabilities: dict[str, str], references: dict[str, np.ndarray],
@@ -111,9 +114,8 @@ def dice_table(folder: str, stock_probabilities: dict[str, str], references: dic
     table = {k: {w: [] for w in WEIGHTS} for k in SAMPLE_COUNTS}
     for case, reference in references.items():
         p_stock = np.load(stock_probabilities[case])["probabilities"].astype(np.float32)
-        for k in SAMPLE_COUNTS:
-            for w, dice in case_dice_by_weight(mean_of_samples(folder, case, k), p_stock, reference,
-                                               label_manager).items():
+        for k, p_diffusion in means_of_first_samples(folder, case).items():
+            for w, dice in case_dice_by_weight(p_diffusion, p_stock, reference, label_manager).items():
                 table[k][w].append(np.nanmean(dice))
     return {k: {w: np.asarray(v) for w, v in by_weight.items()} for k, by_weight in table.items()}
 

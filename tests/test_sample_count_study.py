@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-from sample_count_study import SAMPLE_COUNTS, choose, mean_of_samples  # noqa: E402
+from sample_count_study import SAMPLE_COUNTS, choose, means_of_first_samples  # noqa: E402
 
 from nnunetv2_diffusion.inference.ensemble_choice import WEIGHTS  # noqa: E402
 
@@ -18,9 +18,10 @@ def test_mean_of_the_first_k_samples(tmp_path):
     samples = [np.full((2, 3), v, dtype=np.float32) for v in (0.2, 0.4, 0.9)]
     for k, p in enumerate(samples, start=1):
         np.savez(tmp_path / "samples" / f"case_sample{k}.npz", probabilities=p)
-    np.testing.assert_allclose(mean_of_samples(str(tmp_path), "case", 1), samples[0])
-    np.testing.assert_allclose(mean_of_samples(str(tmp_path), "case", 2), np.full((2, 3), 0.3), rtol=1e-6)
-    np.testing.assert_allclose(mean_of_samples(str(tmp_path), "case", 3), np.full((2, 3), 0.5), rtol=1e-6)
+    means = means_of_first_samples(str(tmp_path), "case", (1, 2, 3))
+    np.testing.assert_allclose(means[1], samples[0])
+    np.testing.assert_allclose(means[2], np.full((2, 3), 0.3), rtol=1e-6)
+    np.testing.assert_allclose(means[3], np.full((2, 3), 0.5), rtol=1e-6)
 
 
 def _table(best: dict[int, tuple[float, float]]) -> dict[int, dict[float, np.ndarray]]:
