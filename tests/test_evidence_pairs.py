@@ -59,3 +59,16 @@ def test_cached_metrics_take_the_fields_of_the_current_call(tmp_path):
     assert rows == [{"iterations": 300, "method": "stock", "replicate": 0, "trainer": "new", "step": 5, "case": "c",
                      "label": 1, "Dice": 0.5, "HD95": 2.0}]
     assert list(rows[0])[:4] == ["iterations", "method", "replicate", "trainer"]
+
+
+def test_unprepared_work_folder_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    import evidence_study
+    monkeypatch.setattr(sys, "argv", ["evidence_study.py", "--dataset", "hippocampus", "--work", str(tmp_path),
+                                      "--stage", "budget_curve", "--budgets", "3000"])
+    with pytest.raises(SystemExit) as stopped:
+        evidence_study.main()
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert os.path.join(str(tmp_path), "hippocampus", "nnUNet_preprocessed", "Dataset527_Hippocampus") in error
+    assert "--stage prepare" in error
+    assert not os.path.exists(os.path.join(tmp_path, "hippocampus")), "nothing is created in a wrong --work"
