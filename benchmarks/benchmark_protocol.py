@@ -43,6 +43,16 @@ def run(args: list[str], env: dict) -> None:
     subprocess.run([os.path.join(BIN, args[0]), *args[1:]], env=env, check=True)
 
 
+def prepared_error(spec: dict, work: str) -> str | None:
+    """Why ``work`` (``<--work>/<dataset>``) cannot be used by a stage that needs the prepared dataset, or None.
+    Without the check, a --work one level too deep fails deep inside (a dangling symlink, a missing split file)."""
+    prepared = os.path.join(work, "nnUNet_preprocessed", spec["name"])
+    if os.path.isdir(prepared):
+        return None
+    return (f"{prepared} does not exist: prepare the dataset first (evidence_study.py --stage prepare), or give "
+            f"--work the folder that holds {spec['key']}/")
+
+
 def nnunet_env(work: str, replicate: int) -> dict:
     """The environment of nnU-Net's commands: shared raw and preprocessed folders, one results folder a replicate."""
     env = dict(os.environ)

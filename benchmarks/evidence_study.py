@@ -45,6 +45,7 @@ from benchmark_protocol import (  # noqa: E402
     nnunet_env,
     prediction_folder,
     prepare,
+    prepared_error,
     run,
     test_cases,
     write_rows,
@@ -381,11 +382,8 @@ def main() -> None:
     work = os.path.join(os.path.abspath(args.work), args.dataset)
     stages = (("prepare", "train", "choose", "predict", "evaluate", "report") if args.stage == "all"
               else (args.stage,))
-    prepared = os.path.join(work, "nnUNet_preprocessed", spec["name"])
-    if "prepare" not in stages and stages != ("report",) and not os.path.isdir(prepared):
-        # without this, a --work one level too deep ends in a FileExistsError from a dangling symlink
-        parser.error(f"{prepared} does not exist: run --stage prepare first, or give --work the folder that "
-                     f"holds {args.dataset}/")
+    if "prepare" not in stages and stages != ("report",) and (problem := prepared_error(spec, work)):
+        parser.error(problem)
     started = time.time()
     if "prepare" in stages:
         prepare(spec, work)

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark_protocol import DATASETS, REPO, STEPS, log, run, test_cases  # noqa: E402
+from benchmark_protocol import DATASETS, REPO, STEPS, log, prepared_error, run, test_cases  # noqa: E402
 from evidence_report import paired  # noqa: E402
 
 from nnunetv2_diffusion.inference.ensemble_choice import (  # noqa: E402
@@ -281,6 +281,8 @@ def main() -> None:
     if not args.report:
         if not (args.tag and args.m and args.ensemble_with and args.stock_test):
             parser.error("--tag, -m, --ensemble_with and --stock_test are required unless --report")
+        if problem := prepared_error(spec, work):
+            parser.error(problem)
         study(spec, work, args.tag, os.path.abspath(args.m), os.path.abspath(args.ensemble_with),
               os.path.abspath(args.stock_test), args.control and os.path.abspath(args.control),
               args.partner and os.path.abspath(args.partner), args.device)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-from benchmark_protocol import evaluate_prediction_folder  # noqa: E402
+from benchmark_protocol import evaluate_prediction_folder, prepared_error  # noqa: E402
 from evidence_study import budget_curve_models, diffusion_command, seed_ensemble_pairs  # noqa: E402
 
 
@@ -61,14 +61,26 @@ def test_cached_metrics_take_the_fields_of_the_current_call(tmp_path):
     assert list(rows[0])[:4] == ["iterations", "method", "replicate", "trainer"]
 
 
-def test_unprepared_work_folder_is_one_clear_error(tmp_path, monkeypatch, capsys):
-    import evidence_study
-    monkeypatch.setattr(sys, "argv", ["evidence_study.py", "--dataset", "hippocampus", "--work", str(tmp_path),
-                                      "--stage", "budget_curve", "--budgets", "3000"])
+
+@pytest.mark.parametrize("script, arguments", [
+    ("evidence_study", ["--stage", "budget_curve", "--budgets", "3000"]),
+    ("sample_count_study", ["--tag", "t", "-m", "m", "--ensemble_with", "s", "--stock_test", "p"]),
+])
+def test_unprepared_work_folder_is_one_clear_error(script, arguments, tmp_path, monkeypatch, capsys):
+    module = __import__(script)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--dataset", "hippocampus", "--work", str(tmp_path),
+                                      *arguments])
     with pytest.raises(SystemExit) as stopped:
-        evidence_study.main()
+        module.main()
     assert stopped.value.code == 2
     error = capsys.readouterr().err
     assert os.path.join(str(tmp_path), "hippocampus", "nnUNet_preprocessed", "Dataset527_Hippocampus") in error
     assert "--stage prepare" in error
     assert not os.path.exists(os.path.join(tmp_path, "hippocampus")), "nothing is created in a wrong --work"
+
+
+def test_a_prepared_work_folder_passes(tmp_path):
+    spec = {"name": "Dataset527_Hippocampus", "key": "hippocampus"}
+    os.makedirs(tmp_path / "nnUNet_preprocessed" / "Dataset527_Hippocampus")
+    assert prepared_error(spec, str(tmp_path)) is None
+    assert "Dataset999_Other does not exist" in prepared_error({**spec, "name": "Dataset999_Other"}, str(tmp_path))
