@@ -49,8 +49,8 @@ def prepared_error(spec: dict, work: str) -> str | None:
     prepared = os.path.join(work, "nnUNet_preprocessed", spec["name"])
     if os.path.isdir(prepared):
         return None
-    return (f"{prepared} does not exist: prepare the dataset first (evidence_study.py --stage prepare), or give "
-            f"--work the folder that holds {spec['key']}/")
+    return (f"{prepared} does not exist: prepare the dataset first (--stage prepare of evidence_study.py or "
+            f"paper_claims.py), or give --work the folder that holds {spec['key']}/")
 
 
 def nnunet_env(work: str, replicate: int) -> dict:

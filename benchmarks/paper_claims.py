@@ -39,6 +39,7 @@ from benchmark_protocol import (  # noqa: E402
     nnunet_env,
     prediction_folder,
     prepare,
+    prepared_error,
     run,
     test_cases,
     write_rows,
@@ -113,6 +114,8 @@ def main() -> None:
         spec["source"] = args.hippocampus_source
     work = os.path.join(os.path.abspath(args.work), args.dataset)
     stages = ("prepare", "train", "predict", "evaluate", "report") if args.stage == "all" else (args.stage,)
+    if "prepare" not in stages and (problem := prepared_error(spec, work)):
+        parser.error(problem)
     started = time.time()
     if "prepare" in stages:
         prepare(spec, work)

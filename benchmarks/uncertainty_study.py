@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark_protocol import DATASETS, REPO, log, model_folder, nnunet_env, run, test_cases  # noqa: E402
+from benchmark_protocol import DATASETS, REPO, log, model_folder, nnunet_env, prepared_error, run, test_cases  # noqa: E402
 from calibration_metrics import CalibrationAccumulator, fit_temperature, temperature_scaled  # noqa: E402
 from evidence_study import METHODS  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
@@ -211,6 +211,8 @@ def main() -> None:
     args = parser.parse_args()
     spec = {**DATASETS[args.dataset], "key": args.dataset}
     work = os.path.join(os.path.abspath(args.work), args.dataset)
+    if problem := prepared_error(spec, work):
+        parser.error(problem)
     samples = max(args.samples)
     folders = predict(spec, work, args.replicate, args.device, samples, args.sample_batch or samples)
     if args.stage == "predict":

@@ -61,10 +61,11 @@ def test_cached_metrics_take_the_fields_of_the_current_call(tmp_path):
     assert list(rows[0])[:4] == ["iterations", "method", "replicate", "trainer"]
 
 
-
 @pytest.mark.parametrize("script, arguments", [
     ("evidence_study", ["--stage", "budget_curve", "--budgets", "3000"]),
     ("sample_count_study", ["--tag", "t", "-m", "m", "--ensemble_with", "s", "--stock_test", "p"]),
+    ("uncertainty_study", []),
+    ("paper_claims", ["--stage", "train"]),
 ])
 def test_unprepared_work_folder_is_one_clear_error(script, arguments, tmp_path, monkeypatch, capsys):
     module = __import__(script)
