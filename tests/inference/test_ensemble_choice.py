@@ -98,34 +98,50 @@ def _validation_folder(model_folder, cases, rng, num_classes=3):
         _write_probabilities(os.path.join(model_folder, "fold_0", "validation"), case, probabilities)
 
 
+def _probabilities_favouring(labels, p_favoured, num_classes=3):
+    """(C, *labels.shape) probabilities: p_favoured on each voxel's class in ``labels``, the rest shared evenly."""
+    favoured = np.eye(num_classes)[labels].transpose(-1, *range(labels.ndim))
+    return p_favoured * favoured + (1 - p_favoured) / (num_classes - 1) * (1 - favoured)
+
+
 def test_choose_and_predict_use_the_recorded_weight(nnunet_env, tmp_path):
+    # the diffusion model is right but unsure (0.6), the stock model sure and wrong (0.9 on the next class): the
+    # ensemble is right only while w, the stock model's weight, is below 0.32, so the choice is 0.3 (swapping the
+    # two models would give 0.7)
     results = nnunet_env["nnUNet_results"]
     diffusion = write_model_folder(results, nnUNetTrainerDiffRecycle_10iters)
     stock = write_model_folder(results, nnUNetTrainer)
     rng = np.random.default_rng(0)
-    cases = ["case_0", "case_1"]
-    _validation_folder(diffusion, cases, rng)
-    _validation_folder(stock, cases, rng)
     gt = tmp_path / "gt"
     gt.mkdir()
-    for case in cases:
-        sitk.WriteImage(sitk.GetImageFromArray(rng.integers(0, 3, (1, 12, 12)).astype(np.uint8)),
-                        str(gt / f"{case}.nii.gz"))
+    for case in ["case_0", "case_1"]:
+        labels = rng.integers(0, 3, (1, 12, 12))
+        sitk.WriteImage(sitk.GetImageFromArray(labels.astype(np.uint8)), str(gt / f"{case}.nii.gz"))
+        for folder, favoured, p in ((diffusion, labels, 0.6), (stock, (labels + 1) % 3, 0.9)):
+            _write_probabilities(os.path.join(folder, "fold_0", "validation"), case,
+                                 _probabilities_favouring(favoured, p))
     record = choose_ensemble_weight(diffusion, stock, [0], str(gt))
     stored = json.load(open(os.path.join(diffusion, CHOICE_FILE)))[os.path.realpath(stock)]
     assert stored == record and record["validation_cases"] == 2 and len(record["validation_dice_by_weight"]) == 21
-    by_weight = record["validation_dice_by_weight"]
-    assert by_weight[str(record["weight"])] == max(by_weight.values())
+    assert record["weight"] == 0.3
+    assert record["diffusion_alone"] == 1.0 and record["stock_alone"] == 0.0
+    assert {w for w, d in record["validation_dice_by_weight"].items() if d == 1.0} == {
+        str(w) for w in (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)}
 
     predictor = nnUNetDiffusionPredictor(device=torch.device("cpu"), allow_tqdm=False, use_mirroring=False)
     predictor.initialize_from_trained_model_folder(diffusion, (0,))
     predictor.initialize_ensemble_model(stock, (0,))
-    assert predictor.ensemble_weight == record["weight"]
+    assert predictor.ensemble_weight == 0.3
     assert predictor.settings()["ensemble_weight_source"] == "validation"
     given = nnUNetDiffusionPredictor(device=torch.device("cpu"), allow_tqdm=False, ensemble_weight=0.25)
     given.initialize_from_trained_model_folder(diffusion, (0,))
     given.initialize_ensemble_model(stock, (0,))
     assert given.ensemble_weight == 0.25
+    os.remove(os.path.join(diffusion, CHOICE_FILE))  # nothing recorded, nothing given: the plain average
+    default = nnUNetDiffusionPredictor(device=torch.device("cpu"), allow_tqdm=False)
+    default.initialize_from_trained_model_folder(diffusion, (0,))
+    default.initialize_ensemble_model(stock, (0,))
+    assert default.ensemble_weight == 0.5 and default.settings()["ensemble_weight_source"] == "default"
 
 
 def test_models_that_validated_different_cases_are_refused(nnunet_env, tmp_path):
