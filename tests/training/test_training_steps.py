@@ -7,7 +7,7 @@ from nnunet_fixtures import make_trainer, random_batch
 from spies import SpyNetwork, spy_on_loss, spy_on_q_sample
 
 from nnunetv2_diffusion.diffusion.mask_encoding import labels_to_x0, x0_from_logits
-from nnunetv2_diffusion.training import nnUNetTrainerDiff, nnUNetTrainerDiffRecycle
+from nnunetv2_diffusion.training import nnUNetTrainerDiff, nnUNetTrainerDiffRecycle, nnUNetTrainerDiffSelfCond
 
 T = nnUNetTrainerDiff.num_diffusion_timesteps
 
@@ -61,15 +61,19 @@ def test_recycling_loss_is_against_the_ground_truth():
     assert all(torch.equal(a, b) for a, b in zip(loss_call["target"], batch["target"], strict=True))
 
 
-def test_recycling_samples_every_non_final_timestep():
-    trainer, q_calls, _ = _spied(nnUNetTrainerDiffRecycle)
+@pytest.mark.parametrize("trainer_class, timesteps", [(nnUNetTrainerDiff, T), (nnUNetTrainerDiffSelfCond, T),
+                                                     (nnUNetTrainerDiffRecycle, T - 1)])
+def test_the_trained_pass_sees_every_timestep_of_its_strategy(trainer_class, timesteps):
+    # standard diffusion and self-conditioning train t in [0, T-1] (sampling starts at T-1); recycling t in [0, T-2]
+    # (T-1 is its first pass's, from pure noise)
+    trainer, q_calls, _ = _spied(trainer_class)
     torch.manual_seed(0)
     for _ in range(40):
         batch = random_batch(trainer)
         with torch.no_grad():
             trainer.diffusion_forward(batch["data"], batch["target"])
     seen = torch.cat([c["t"] for c in q_calls]).unique().tolist()
-    assert seen == list(range(T - 1))
+    assert seen == list(range(timesteps))
 
 
 def test_standard_step_noises_the_ground_truth_with_one_forward():
