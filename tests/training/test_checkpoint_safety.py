@@ -24,7 +24,8 @@ def trainer():
     return trainer
 
 
-def test_round_trip_restores_weights_epoch_and_diffusion_settings(trainer, tmp_path):
+def test_round_trip_restores_weights_optimiser_log_and_epoch(trainer, tmp_path):
+    # what --c needs to continue where it stopped (the diffusion settings' round trip: test_strategy_options.py)
     trainer.train_step(random_batch(trainer))
     trainer.current_epoch = 3
     path = str(tmp_path / "checkpoint_latest.pth")
@@ -34,7 +35,12 @@ def test_round_trip_restores_weights_epoch_and_diffusion_settings(trainer, tmp_p
     assert fresh.current_epoch == 4  # nnU-Net stores epoch + 1
     for a, b in zip(trainer.network.state_dict().values(), fresh.network.state_dict().values(), strict=True):
         assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
-    assert fresh.network.config == trainer.network.config
+    saved, restored = trainer.optimizer.state_dict(), fresh.optimizer.state_dict()
+    assert saved["state"] and saved["state"].keys() == restored["state"].keys()  # one SGD step: momentum buffers
+    for key, state in saved["state"].items():
+        assert torch.equal(state["momentum_buffer"], restored["state"][key]["momentum_buffer"])
+    assert fresh._best_ema == 0.25 and fresh.inference_allowed_mirroring_axes == (0, 1)
+    assert fresh.logger.get_value("train_losses", step=0) == 0.5
 
 
 def test_a_crash_during_saving_keeps_the_previous_checkpoint_whole(trainer, tmp_path, monkeypatch):
@@ -115,10 +121,7 @@ def test_missing_and_foreign_files_are_named(tmp_path):
         load_checkpoint_file(str(tmp_path / "other.pth"))
 
 
-def test_non_finite_loss_stops_training_naming_epoch_and_iteration(trainer, tmp_path):
-    path = str(tmp_path / "checkpoint_latest.pth")
-    trainer.save_checkpoint(path)
-    before = open(path, "rb").read()
+def test_non_finite_loss_stops_training_naming_epoch_and_iteration(trainer):
     trainer.current_epoch = 7
     trainer._iteration_in_epoch = 12
     batch = random_batch(trainer)
@@ -127,6 +130,6 @@ def test_non_finite_loss_stops_training_naming_epoch_and_iteration(trainer, tmp_
     weights = [p.detach().clone() for p in trainer.network.parameters()]
     with pytest.raises(NonFiniteLossError, match="epoch 7, iteration 12"):
         trainer.train_step(batch)
-    assert open(path, "rb").read() == before
-    # NaN never applied
+    # NaN never applied, and no optimiser step taken (its momentum would carry the NaN into the next step)
+    assert not trainer.optimizer.state_dict()["state"]
     assert all(torch.equal(a, b) for a, b in zip(weights, trainer.network.parameters(), strict=True))
