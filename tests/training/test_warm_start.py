@@ -69,5 +69,17 @@ def test_a_stock_model_of_another_configuration_or_channels_is_refused(tmp_path)
     checkpoint["init_args"]["configuration"] = "2d"
     checkpoint["init_args"]["plans"]["configurations"]["2d"] = {"patch_size": [32, 32]}
     torch.save(checkpoint, path)
-    with pytest.raises(WarmStartError, match=path):
+    with pytest.raises(WarmStartError, match=f"{path}: weight .* has shape"):  # 3D kernels under a 2d name
+        maybe_load_checkpoint(trainer, False, False, path)
+
+
+def test_a_stock_model_of_other_input_channels_is_refused(tmp_path):
+    path, _ = _stock_checkpoint(tmp_path)
+    checkpoint = torch.load(path, weights_only=False)
+    first = next(k for k, v in checkpoint["network_weights"].items() if v.ndim == 4)
+    assert "stages.0." in first  # the first convolution, the one that reads the image channels
+    checkpoint["network_weights"][first] = checkpoint["network_weights"][first].repeat(1, 2, 1, 1)
+    torch.save(checkpoint, path)
+    trainer = make_trainer(nnUNetTrainerDiffRecycle_blockFiLM, deep_supervision=False)
+    with pytest.raises(WarmStartError, match=r"takes 2 input channel\(s\), this dataset has 1"):
         maybe_load_checkpoint(trainer, False, False, path)
