@@ -25,8 +25,9 @@ def test_mean_of_the_first_k_samples(tmp_path):
 
 
 def _table(best: dict[int, tuple[float, float]]) -> dict[int, dict[float, np.ndarray]]:
-    """Validation Dice 0.9 everywhere except (K, w) -> Dice given in ``best``, three cases each."""
-    table = {k: {w: np.full(3, 0.9) for w in WEIGHTS} for k in SAMPLE_COUNTS}
+    """Validation Dice 0.9 everywhere but at the ends (diffusion alone, w = 0: 0.88; stock alone, w = 1: 0.87)
+    and at (K, w) -> Dice given in ``best``, three cases each."""
+    table = {k: {w: np.full(3, {0.0: 0.88, 1.0: 0.87}.get(w, 0.9)) for w in WEIGHTS} for k in SAMPLE_COUNTS}
     for k, (w, dice) in best.items():
         table[k][w] = np.full(3, dice)
     return table
@@ -37,7 +38,8 @@ def test_choice_is_the_best_validation_ensemble():
     assert (choice["samples"], choice["weight"]) == (4, 0.7)
     assert choice["weight_by_samples"] == {"1": 0.3, "2": 0.5, "4": 0.7, "8": 0.2}
     assert choice["validation_dice"]["4"]["ensemble"] == pytest.approx(0.95)
-    assert choice["validation_dice"]["4"]["diffusion_alone"] == pytest.approx(0.9)
+    assert choice["validation_dice"]["4"]["diffusion_alone"] == pytest.approx(0.88)
+    assert choice["stock_alone"] == pytest.approx(0.87)
 
 
 def test_ties_go_to_fewer_samples_and_the_plain_average():
@@ -59,17 +61,21 @@ def test_pools_average_per_case_over_their_tags_and_are_kept(tmp_path, monkeypat
     for tag, shift in (("a", 0.0), ("b", 0.1)):
         for case, base in (("c1", 0.5), ("c2", 0.7)):
             rows.append({"tag": tag, "kind": "stock", "samples": 0, "weight": 1.0, "case": case, "dice": base + shift})
-            for k in SAMPLE_COUNTS:
-                for kind in ("diffusion", "ensemble", "average"):
+            for k in SAMPLE_COUNTS:  # each kind its own offset, so a mix-up of kinds shows
+                for kind, offset in (("diffusion", 0.0), ("ensemble", 0.03), ("average", 0.02)):
                     rows.append({"tag": tag, "kind": kind, "samples": k, "weight": 0.5, "case": case,
-                                 "dice": base + shift + 0.01 * k})
+                                 "dice": base + shift + 0.01 * k + offset})
     pd.DataFrame(rows).to_csv(csv_path, index=False)
     json.dump({"tags": {t: {"samples": 2, "weight": 0.5} for t in ("a", "b")}}, open(json_path, "w"))
     result = sample_count_study.report("x", {"both": ["a", "b"]})
-    assert result["a"]["test_dice"]["chosen ensemble"] == pytest.approx((0.52 + 0.72) / 2)
+    tag_a = result["a"]["test_dice"]
+    assert tag_a["chosen ensemble"] == pytest.approx((0.55 + 0.75) / 2)  # K = 2 chosen: + 0.02, ensemble + 0.03
+    assert tag_a["diffusion_K2"] == pytest.approx(0.62) and tag_a["average_K2"] == pytest.approx(0.64)
     pooled = result["pool both"]["test_dice"]
     assert pooled["stock"] == pytest.approx((0.5 + 0.7 + 0.6 + 0.8) / 4)
-    assert pooled["average_K8"] == pytest.approx(pooled["stock"] + 0.08)
+    assert pooled["diffusion_K8"] == pytest.approx(pooled["stock"] + 0.08)
+    assert pooled["ensemble_K4"] == pytest.approx(pooled["stock"] + 0.07)
+    assert pooled["average_K8"] == pytest.approx(pooled["stock"] + 0.10)
     assert result["pool both"]["paired"]["chosen ensemble vs stock"]["better"] == 2
     assert "pool both" in sample_count_study.report("x")  # kept for reports that name no pools
     with pytest.raises(SystemExit, match="pool none"):
