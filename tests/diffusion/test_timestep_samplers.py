@@ -62,9 +62,14 @@ def test_importance_weights_keep_the_expected_loss_of_uniform_sampling():
     p = sampler.probabilities()
     assert not torch.allclose(p, torch.full_like(p, 0.2))
     assert p.sum().item() == pytest.approx(1.0, abs=1e-12)
-    weights = 1.0 / (p * 5)
-    # E_{t~p}[w(t) L_t] computed exactly from p: equals the uniform mean, unlike a weight of p(t) T.
-    assert (p * weights * loss_per_t).sum().item() == pytest.approx(loss_per_t.mean().item(), rel=1e-12)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        t, sampled_weights = sampler.sample(4000, "cpu")
+    assert set(t.tolist()) == set(range(5))
+    weights = torch.zeros(5, dtype=torch.float64)
+    weights[t] = sampled_weights.double()  # the sampler's weight of each timestep
+    # E_{t~p}[w(t) L_t], computed exactly from p and those weights: the uniform mean (a weight of p(t) T is not)
+    assert (p * weights * loss_per_t).sum().item() == pytest.approx(loss_per_t.mean().item(), rel=1e-6)
     assert (p * (p * 5) * loss_per_t).sum().item() != pytest.approx(loss_per_t.mean().item(), rel=1e-3)
 
 
