@@ -9,6 +9,7 @@ import torch
 from inference_fixtures import write_model_folder, write_raw_case
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
+from nnunetv2_diffusion.diffusion.seeding import content_seed
 from nnunetv2_diffusion.inference.predictor import nnUNetDiffusionPredictor
 from nnunetv2_diffusion.training import nnUNetTrainerDiffRecycle_10iters, nnUNetTrainerDiffSelfCond_10iters
 
@@ -133,13 +134,16 @@ def test_folds_and_samples_average_probabilities(nnunet_env):
     probabilities = predictor.predict_case(data).probabilities
 
     net = predictor.diffusion_network
-    expected = []
+    expected, seeds = [], set()
     for fold, parameters in enumerate(predictor.list_of_parameters):
         net.load_state_dict(parameters)
         for sample in range(2):
-            generator = torch.Generator().manual_seed(predictor.case_seed(data, fold, sample))
+            # every (fold, sample) its own noise: the seed is derived here, not read back from the predictor
+            seeds.add(content_seed(data, predictor.seed, fold, sample))
+            generator = torch.Generator().manual_seed(content_seed(data, predictor.seed, fold, sample))
             expected.append(net.sample(data[:, 0][None], sampler=net.make_sampler(None, 3), generator=generator)[0])
     assert torch.allclose(probabilities[:, 0], torch.stack(expected).mean(0), atol=1e-5)
+    assert len(seeds) == 4
 
 
 def test_every_step_is_kept_only_on_request_and_the_last_step_is_the_result(nnunet_env):
