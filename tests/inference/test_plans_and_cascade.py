@@ -65,11 +65,12 @@ def test_missing_previous_stage_predictions_stop_training_naming_the_folder(nnun
     trainer.check_previous_stage_predictions()
 
 
-def _write_label_map(folder, name, shape):
+def _write_label_map(folder, name, shape, empty=False):
     os.makedirs(folder, exist_ok=True)
     labels = np.zeros(shape, np.uint8)
-    labels[4:10, 4:12, 5:12] = 1
-    labels[6:8, 6:9, 7:10] = 2
+    if not empty:
+        labels[4:10, 4:12, 5:12] = 1
+        labels[6:8, 6:9, 7:10] = 2
     sitk.WriteImage(sitk.GetImageFromArray(labels), os.path.join(folder, f"{name}.nii.gz"))
 
 
@@ -86,11 +87,15 @@ def test_the_cascade_stage_predicts_from_previous_stage_segmentations(nnunet_env
         predictor.predict_from_files_sequential(str(tmp_path / "in"), str(tmp_path / "out"),
                                                 folder_with_segs_from_prev_stage=str(tmp_path / "prev"))
     assert not (tmp_path / "out").exists()
-    _write_label_map(tmp_path / "prev", "case", shape)
-    predictor.predict_from_files_sequential(str(tmp_path / "in"), str(tmp_path / "out"),
-                                            folder_with_segs_from_prev_stage=str(tmp_path / "prev"))
-    written = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "case.nii.gz")))
-    assert written.shape == shape
+    probabilities = {}
+    for name, empty in (("prev", False), ("prev_empty", True)):  # same image, another previous-stage segmentation
+        _write_label_map(tmp_path / name, "case", shape, empty)
+        out = tmp_path / f"out_{name}"
+        predictor.predict_from_files_sequential(str(tmp_path / "in"), str(out), save_probabilities=True,
+                                                folder_with_segs_from_prev_stage=str(tmp_path / name))
+        assert sitk.GetArrayFromImage(sitk.ReadImage(str(out / "case.nii.gz"))).shape == shape
+        probabilities[name] = np.load(out / "case.npz")["probabilities"]
+    assert np.abs(probabilities["prev"] - probabilities["prev_empty"]).max() > 1e-3  # the network reads it
 
 
 def test_a_residual_encoder_3d_model_predicts(nnunet_env, tmp_path):
