@@ -12,6 +12,8 @@ evaluation is kept under --work and skipped when run again, so the study can be 
         --budget_stock_replicates 2   # + a second stock model and the seed-ensemble control
     .venv/bin/python benchmarks/evidence_study.py --dataset hippocampus --stage budget_curve --budgets 3000 \
         --budget_replicates 2   # another replicate, numbered after the committed ones
+    .venv/bin/python benchmarks/evidence_study.py --dataset hippocampus --stage budget_curve --budgets 5000 \
+        --budget_replicates 6   # the longest CPU point: stock and 'block' recycling, 100 epochs each
     .venv/bin/python benchmarks/evidence_study.py --dataset hc18 --only_replicates 1   # one more, after a lost work
 
 ``--only_replicates`` works on the named replicates alone: their results join the committed ones of the others.
@@ -66,7 +68,8 @@ DIFFUSION_METHODS = [m for m in METHODS if m not in STOCK_METHODS]
 ITERATIONS = {"stock": 1000, "recycling_stage": 1000, "recycling_block": 1000, "recycling_warm": 1000 + 300,
               "stock_1300": 1300}
 # budget curve: the stock and 'block' recycling trainer of each budget; its 1000-iteration point is the main study's,
-# 5000 is the GPU run's (benchmarks/gpu_evidence_hc18.sh) and 10 that script's smoke run
+# 5000 is the GPU run's (benchmarks/gpu_evidence_hc18.sh) and Hippocampus's longest CPU point, 10 the GPU
+# script's smoke run
 BUDGET_CURVE = {n: (f"nnUNetTrainer_{n}iters", f"nnUNetTrainerDiffRecycle_blockFiLM_{n}iters")
                 for n in (10, 300, 3000, 5000)}
 
