@@ -50,13 +50,14 @@ class _1300IterationsMixin(_FixedBudgetMixin):
 
 
 class _3000IterationsMixin(_FixedBudgetMixin):
-    """60 epochs x 50 training iterations: the larger budget of the evidence study's budget curve."""
+    """60 epochs x 50 training iterations: a larger budget of the evidence study's budget curve."""
 
     budget = (60, 50, 10)
 
 
 class _5000IterationsMixin(_FixedBudgetMixin):
-    """100 epochs x 50 training iterations: the evidence study's GPU budget (benchmarks/gpu_evidence_hc18.sh)."""
+    """100 epochs x 50 training iterations: the longest point of the budget curve on the CPU and the evidence study's
+    GPU budget (benchmarks/gpu_evidence_hc18.sh)."""
 
     budget = (100, 50, 10)
 
