@@ -111,11 +111,12 @@ def budget_curve(key: str, frame: pd.DataFrame, cases: pd.DataFrame) -> dict:
     stock models, the stock seed-ensemble, per training budget, with the paired tests of CURVE_COMPARISONS: the
     budget-curve runs and the main study's 1000-iteration models (``frame``, its rows, and ``cases``, its per-case
     values averaged over replicates; each point records how many replicates it averages, counted with the sampler).
-    Plotted to docs/evidence_<dataset>_budget_curve.png; empty without budget-curve results."""
+    A budget-curve point also has the comparisons within each of its replicates (``paired_by_replicate``). Plotted
+    to docs/evidence_<dataset>_budget_curve.png; empty without budget-curve results."""
     path = os.path.join(REPO, "docs", "results", f"evidence_{key}_budget_curve.csv")
     if not os.path.isfile(path):
         return {}
-    runs = pd.read_csv(path)
+    runs = pd.read_csv(path).assign(sampler=lambda f: f.method.map(CURVE_METHODS))  # as the main study's rows
     final = runs[runs.step == STEPS]
     counts = final.groupby(["iterations", "method"]).replicate.nunique()
     curve, replicates = {}, {}
@@ -128,6 +129,7 @@ def budget_curve(key: str, frame: pd.DataFrame, cases: pd.DataFrame) -> dict:
             curve.setdefault(ITERATIONS["stock"], {})[method] = values
             counted = frame[(frame.method == method) & (frame.sampler == sampler)]
             replicates.setdefault(ITERATIONS["stock"], {})[method] = int(counted.replicate.nunique())
+    sources = {method: (method, sampler) for method, sampler in CURVE_METHODS.items()}
     result = {}
     for iterations in sorted(curve):
         point = curve[iterations]
@@ -135,6 +137,9 @@ def budget_curve(key: str, frame: pd.DataFrame, cases: pd.DataFrame) -> dict:
                                    **{f"{m}_replicates": n for m, n in replicates[iterations].items()},
                                    **{f"{a} vs {b}": paired(point[a], point[b]) for a, b in CURVE_COMPARISONS
                                       if a in point and b in point}}
+        if iterations in set(runs.iterations):  # the main study's 1000 point has its own paired_by_replicate
+            result[str(iterations)]["paired_by_replicate"] = paired_by_replicate(
+                runs[runs.iterations == iterations], sources, CURVE_COMPARISONS)
     # every budget, then the budgets from 1000 on, where the methods differ by thousandths
     panels = [sorted(curve), [i for i in sorted(curve) if i >= ITERATIONS["stock"]]]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))

@@ -83,6 +83,14 @@ def test_budget_curve_joins_its_runs_with_the_main_studys_1000_iterations(study)
     assert curve["300"]["ensemble_recycling_block vs stock"]["mean_difference"] == pytest.approx(0.03)
     assert curve["300"]["ensemble_recycling_block vs stock_seed_ensemble"]["mean_difference"] == pytest.approx(0.02)
     assert curve["300"]["stock_seed_ensemble vs stock"]["mean_difference"] == pytest.approx(0.01)
+    # within replicate 0 the ensemble and the seed-ensemble meet stock 0 alone (0.6), not the mean of both stocks;
+    # replicate 1 has stock only, and the main study's 1000 point keeps its paired tests at the top level
+    within = curve["300"]["paired_by_replicate"]
+    assert sorted(within) == ["0"]
+    assert within["0"]["ensemble_recycling_block vs stock"]["mean_difference"] == pytest.approx(0.08)
+    assert within["0"]["stock_seed_ensemble vs stock"]["mean_difference"] == pytest.approx(0.06)
+    assert within["0"]["ensemble_recycling_block vs stock_seed_ensemble"]["mean_difference"] == pytest.approx(0.02)
+    assert "paired_by_replicate" not in curve["1000"]
     assert curve["1000"]["stock_dice"] == pytest.approx(result["dice"]["stock"])
     assert curve["1000"]["recycling_block_dice"] == pytest.approx(result["dice"]["recycling_block_ddpm"])
     assert curve["1000"]["ensemble_recycling_block vs stock_seed_ensemble"] == \
