@@ -130,6 +130,7 @@ def budget_curve(key: str, frame: pd.DataFrame, cases: pd.DataFrame) -> dict:
             counted = frame[(frame.method == method) & (frame.sampler == sampler)]
             replicates.setdefault(ITERATIONS["stock"], {})[method] = int(counted.replicate.nunique())
     sources = {method: (method, sampler) for method, sampler in CURVE_METHODS.items()}
+    runs_by_budget = {int(iterations): rows for iterations, rows in runs.groupby("iterations")}
     result = {}
     for iterations in sorted(curve):
         point = curve[iterations]
@@ -137,9 +138,9 @@ def budget_curve(key: str, frame: pd.DataFrame, cases: pd.DataFrame) -> dict:
                                    **{f"{m}_replicates": n for m, n in replicates[iterations].items()},
                                    **{f"{a} vs {b}": paired(point[a], point[b]) for a, b in CURVE_COMPARISONS
                                       if a in point and b in point}}
-        if iterations in set(runs.iterations):  # the main study's 1000 point has its own paired_by_replicate
+        if iterations in runs_by_budget:  # the main study's 1000 point has its own paired_by_replicate
             result[str(iterations)]["paired_by_replicate"] = paired_by_replicate(
-                runs[runs.iterations == iterations], sources, CURVE_COMPARISONS)
+                runs_by_budget[iterations], sources, CURVE_COMPARISONS)
     # every budget, then the budgets from 1000 on, where the methods differ by thousandths
     panels = [sorted(curve), [i for i in sorted(curve) if i >= ITERATIONS["stock"]]]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
