@@ -53,10 +53,26 @@ def map_to_input_geometry(values: np.ndarray, properties: dict, configuration_ma
     return np.asarray(full).transpose(plans_manager.transpose_backward)
 
 
+NOMINAL_SPACING_FACTOR = 999
+"""nnU-Net's readers give a 2D image a third axis of extent 1 and a spacing 999 times its largest pixel spacing
+(``NaturalImage2DIO``, PNG/BMP/TIFF: 999 with pixels of 1; ``SimpleITKIO``: 999 x the largest pixel spacing)."""
+
+
+def voxel_volume(spacing, shape) -> float:
+    """Volume of one voxel in the image's spacing units: the product of ``spacing`` over the axes of ``shape``, both in
+    one axis order, leaving out the nominal axis of a 2D image (extent 1, spacing 999 x the largest other one), so that
+    a 2D image's "volume" is its area, not 999 times it."""
+    spacing = [float(s) for s in spacing]
+    kept = [s for axis, (s, n) in enumerate(zip(spacing, shape, strict=True))
+            if not (n == 1 and s >= 0.999 * NOMINAL_SPACING_FACTOR * max(spacing[:axis] + spacing[axis + 1:]))]
+    return float(np.prod(kept))
+
+
 def case_scores(segmentation: np.ndarray, probabilities: np.ndarray, labels: dict, voxel_volume: float,
                 regions: bool = False) -> dict:
-    """The CSV columns of one case: per foreground label (or region), the predicted volume (in the image's spacing
-    units cubed, mm^3 for medical images) and the score of the module docstring.
+    """The CSV columns of one case: per foreground label (or region), the predicted volume (voxel count times
+    ``voxel_volume``: mm^3 for medical images, pixels for 2D images without a physical spacing) and the score of the
+    module docstring.
 
     labels: dataset.json 'labels'; probabilities: (C, *spatial) with channel = label id, or (R, *spatial) in the
     order of the regions in ``labels``, each region's mask being its probability > 0.5 as in nnU-Net's export."""
@@ -88,9 +104,11 @@ def export_uncertainty_maps(logits: np.ndarray, mutual_information: np.ndarray, 
                       properties, writer)
     write_float_image(map_to_input_geometry(mutual_information, properties, configuration_manager, plans_manager),
                       f"{output_file_truncated}_mutual_information", ending, properties, writer)
+    # shape_before_cropping is in the plans' transposed axis order, the spacing in the image's own
+    spacing = [properties["spacing"][axis] for axis in plans_manager.transpose_forward]
+    volume = voxel_volume(spacing, properties["shape_before_cropping"])
     row = {"case": os.path.basename(output_file_truncated),
-           **case_scores(segmentation, probabilities, dataset_json["labels"], float(np.prod(properties["spacing"])),
-                        regions)}
+           **case_scores(segmentation, probabilities, dataset_json["labels"], volume, regions)}
     temporary = partial_name(output_file_truncated) + ".json"
     with open(temporary, "w") as f:
         json.dump(row, f)
