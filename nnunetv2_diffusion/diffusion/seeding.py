@@ -5,7 +5,8 @@ import hashlib
 import torch
 
 CONTENT_SAMPLE_VALUES = 2**20
-"""At most this many values (a strided subset) of the content enter the hash: enough to tell cases apart, cheap."""
+"""About this many values (a strided subset, fewer than twice as many) of the content enter the hash: enough to tell
+cases apart, cheap."""
 
 
 def content_seed(data: torch.Tensor, seed: int, *salt) -> int:

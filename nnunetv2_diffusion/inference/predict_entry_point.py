@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--num_samples", type=int, default=1,
                        help="Average K independent samples per case; with K > 1 also writes per-voxel maps of the "
                             "entropy and of the mutual information (the samples' disagreement) to "
-                            "<output>/uncertainty/<case>_entropy<ending> and <case>_mutual_information<ending>, and "
+                            "<output>/uncertainty/<case>_entropy<ending> and <case>_mutual_information<ending> (.npz, "
+                            "key 'map', for PNG/BMP/TIFF datasets), and "
                             "case-level scores and volumes to <output>/uncertainty/uncertainty_per_case.csv. With "
                             "DDIM at eta 0 samples differ only through their starting noise x_T. Default: 1")
     group.add_argument("--sample_batch", type=int, default=DEFAULT_SAMPLE_BATCH,

@@ -112,7 +112,8 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
         case gets the same result whatever the order or company it is predicted in; None: fresh noise every run.
     num_samples: K independent samples per case (and fold), probabilities averaged; with K > 1 the export also
         writes, in the input image's geometry and in nats, ``<output>/uncertainty/<case>_entropy<ending>`` (entropy
-        of the exported probabilities) and ``<case>_mutual_information<ending>`` (disagreement of the samples), and
+        of the exported probabilities) and ``<case>_mutual_information<ending>`` (disagreement of the samples; ``.npz``
+        with the array under 'map' for PNG/BMP/TIFF datasets), and
         one row per case into ``<output>/uncertainty/uncertainty_per_case.csv`` (``inference/uncertainty.py``). With
         DDIM at eta 0 samples differ only through their starting noise x_T.
     sample_batch: how many of the K samples run together, their tiles batched into one network call (each keeps its
@@ -226,8 +227,8 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
     # ------------------------------------------------------------------ one case
     def case_seed(self, data: torch.Tensor, fold_index: int = 0, sample_index: int = 0) -> int | None:
         """The generator seed of one sample: a hash of (seed, the case's shape and content, fold, sample).
-        Content (a strided subset of at most ~1M values) rather than position in the input list, so a case's
-        result does not depend on which other cases are predicted or in which order."""
+        Content (every value of a small case, a strided 1M to 2M of a large one) rather than position in the input
+        list, so a case's result does not depend on which other cases are predicted or in which order."""
         if self.seed is None:
             return None
         return content_seed(data, self.seed, fold_index, sample_index)
@@ -281,8 +282,9 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
 
     @torch.inference_mode()
     def predict_sliding_window_return_logits(self, input_image: torch.Tensor) -> torch.Tensor:
-        """The currently loaded weights only (what nnU-Net's final validation calls per case): log of the mean
-        probabilities of ``num_samples`` samples, (C, *spatial) float32 on the CPU."""
+        """The currently loaded weights only (what nnU-Net's final validation calls per case): the mean probabilities
+        of ``num_samples`` samples as ``export_logits`` (log p; logit p for regions), (C, *spatial) float32 on the
+        CPU."""
         seeds = [self.case_seed(input_image, 0, k) for k in range(self.num_samples)]
         samples, _ = self._sample(input_image, seeds, None)
         return export_logits(torch.stack(samples).mean(0), self.regions)

@@ -14,7 +14,8 @@ class TrainingDataError(ValueError):
 
 def check_training_batch(data: torch.Tensor, labels: torch.Tensor, num_classes: int, keys,
                          preprocessed_folder: str) -> None:
-    """data: (B, channels, *patch) float; labels: (B, 1, *patch) class ids, valid in [0, num_classes - 1];
+    """data: (B, channels, *patch) float; labels: (B, 1, *patch) class ids, or (B, R, *patch) 0/1 region masks
+    (num_classes 2), valid in [0, num_classes - 1];
     keys: the B case identifiers nnU-Net's loader puts in ``batch['keys']`` (or None)."""
     names = list(keys) if keys is not None else [f"#{i} of the batch" for i in range(data.shape[0])]
     if _has_non_finite(data):
