@@ -61,21 +61,21 @@ def test_cosine_schedule_matches_nichol_dhariwal_closed_form():
 
 
 @pytest.mark.parametrize(
-    "call",
+    "call, message",
     [
-        lambda: make_alphas_cumprod("quadratic", 5),
-        lambda: make_alphas_cumprod("linear", 1),
-        lambda: make_alphas_cumprod("cosine", 1),
-        lambda: linear_alphas_cumprod(1002),
-        lambda: GaussianDiffusion(alphas_cumprod=torch.tensor([0.9, 0.95, 0.5])),
-        lambda: GaussianDiffusion(alphas_cumprod=torch.tensor([1.0, 0.5])),
-        lambda: GaussianDiffusion(alphas_cumprod=torch.tensor([0.9, 0.0])),
-        lambda: GaussianDiffusion(alphas_cumprod=torch.tensor([[0.9, 0.5]])),
-        lambda: GaussianDiffusion(alphas_cumprod=torch.tensor([0.9])),
+        (lambda: make_alphas_cumprod("quadratic", 5), "unknown schedule"),
+        (lambda: make_alphas_cumprod("linear", 1), "must be >= 2"),
+        (lambda: make_alphas_cumprod("cosine", 1), "must be >= 2"),
+        (lambda: linear_alphas_cumprod(1002), "must be <= num_base_timesteps"),
+        (lambda: GaussianDiffusion(alphas_cumprod=torch.tensor([0.9, 0.95, 0.5])), "strictly decreasing"),
+        (lambda: GaussianDiffusion(alphas_cumprod=torch.tensor([1.0, 0.5])), r"lie in \(0, 1\)"),
+        (lambda: GaussianDiffusion(alphas_cumprod=torch.tensor([0.9, 0.0])), r"lie in \(0, 1\)"),
+        (lambda: GaussianDiffusion(alphas_cumprod=torch.tensor([[0.9, 0.5]])), "1-D with at least 2"),
+        (lambda: GaussianDiffusion(alphas_cumprod=torch.tensor([0.9])), "1-D with at least 2"),
     ],
 )
-def test_invalid_schedules_raise_value_error(call):
-    with pytest.raises(ValueError):
+def test_invalid_schedules_raise_value_error(call, message):
+    with pytest.raises(ValueError, match=message):
         call()
 
 

@@ -106,10 +106,10 @@ def test_make_timestep_sampler_and_invalid_settings():
     assert isinstance(importance, ImportanceTimestepSampler) and importance.num_timesteps == 4
     with pytest.raises(ValueError, match="uniform, importance"):
         make_timestep_sampler("loss", num_timesteps=5)
-    for kwargs in (
-        {"num_timesteps": 0},
-        {"num_timesteps": 4, "uniform_prob": 1.5},
-        {"num_timesteps": 4, "ema_decay": 1},
+    for kwargs, message in (
+        ({"num_timesteps": 0}, "num_timesteps must be >= 1"),
+        ({"num_timesteps": 4, "uniform_prob": 1.5}, r"uniform_prob must be in \[0, 1\]"),
+        ({"num_timesteps": 4, "ema_decay": 1}, r"ema_decay must be in \[0, 1\)"),
     ):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=message):
             ImportanceTimestepSampler(**kwargs)

@@ -155,6 +155,10 @@ def test_every_step_is_kept_only_on_request_and_the_last_step_is_the_result(nnun
     assert case.probabilities.shape == (3, 1, 30, 44)
     assert torch.allclose(case.step_probabilities[-1], case.probabilities)
     assert torch.allclose(case.probabilities.sum(0), torch.ones(1, 30, 44), atol=1e-5)
+    # every run starts at t = T-1 from the same seeded x_T, so the first kept step is what a 1-step run returns
+    first_step_only = _predictor(folder, steps=1).predict_case(data).probabilities
+    assert torch.allclose(case.step_probabilities[0], first_step_only, atol=1e-6)
+    assert (case.step_probabilities[0] - case.probabilities).abs().max() > 1e-3  # not one result kept N times
 
 
 def test_ensemble_weight_1_is_the_stock_model_and_0_the_diffusion_model(nnunet_env):
