@@ -7,7 +7,9 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunetv2_diffusion.diffusion.config import DiffusionConfig
+from nnunetv2_diffusion.diffusion.seeding import content_seed
 from nnunetv2_diffusion.networks import build_diffusion_network
+from nnunetv2_diffusion.networks.diffusion_unet import TILE_SEED
 
 
 def _configuration(dim: int, residual: bool = False):
@@ -60,9 +62,10 @@ def test_gradients_reach_the_timestep_embedding_and_every_film_layer():
     net = _network(deep_supervision=False)
     out = net(torch.randn(2, 1, 32, 32), torch.randn(2, 3, 32, 32), torch.tensor([0.4, 0.8]))
     out.square().mean().backward()
-    for name, parameter in net.named_parameters():
-        if name.startswith(("time_embedding", "film")):
-            assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    conditioning = {name: p for name, p in net.named_parameters() if name.startswith(("time_embedding", "film"))}
+    assert len(conditioning) == len(list(net.time_embedding.parameters())) + 2 * len(net.film)  # weight, bias each
+    for name, parameter in conditioning.items():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
 def test_every_encoder_and_decoder_stage_is_conditioned():
@@ -89,11 +92,16 @@ def test_diffusion_settings_travel_in_the_state_dict():
     assert len(fresh.make_sampler().timesteps) == 4
 
 
-def test_image_only_call_samples_log_probabilities():
+def test_image_only_call_is_the_tile_seeded_reverse_process_in_log_space():
     net = _network(deep_supervision=False).eval()
-    log_p = net(torch.randn(2, 1, 32, 32))
+    image = torch.randn(2, 1, 32, 32)
+    log_p = net(image)
     assert log_p.shape == (2, 3, 32, 32)
     assert torch.allclose(log_p.exp().sum(1), torch.ones(2, 32, 32), atol=1e-4)
+    expected = net.sample(image, generator=torch.Generator().manual_seed(content_seed(image, TILE_SEED)))
+    torch.testing.assert_close(log_p.exp(), expected, rtol=0, atol=1e-5)
+    other_noise = net.sample(image, generator=torch.Generator().manual_seed(TILE_SEED + 1))
+    assert (other_noise - expected).abs().max() > 1e-4  # sampled from noise, not one deterministic pass
 
 
 def test_self_conditioning_adds_c_input_channels():

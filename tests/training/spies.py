@@ -45,11 +45,12 @@ def spy_on_q_sample(trainer) -> list[dict]:
 
 
 def spy_on_loss(trainer) -> list[dict]:
+    """Replaces ``trainer.loss`` by a recording pass-through (target, and the output at full resolution)."""
     calls = []
     real = trainer.loss
 
     def recording_loss(output, target):
-        calls.append({"target": target})
+        calls.append({"target": target, "output": highest_resolution(output).detach().clone()})
         return real(output, target)
 
     trainer.loss = recording_loss

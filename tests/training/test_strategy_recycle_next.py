@@ -45,6 +45,9 @@ def test_loss_is_against_the_ground_truth_on_the_second_pass():
     trainer.train_step(batch)
     (loss_call,) = loss_calls
     assert all(torch.equal(a, b) for a, b in zip(loss_call["target"], batch["target"], strict=True))
+    first, second = trainer.network.calls
+    assert torch.equal(loss_call["output"], second["output"]) and second["output_requires_grad"]
+    assert not torch.equal(loss_call["output"], first["output"])
 
 
 @pytest.mark.parametrize("trainer_class", [nnUNetTrainerDiff, nnUNetTrainerDiffSelfCond, nnUNetTrainerDiffSelfCondNext,

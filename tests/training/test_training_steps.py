@@ -53,12 +53,15 @@ def test_recycling_second_input_is_built_from_the_first_prediction():
     assert torch.allclose(second["tau"], (noising["t"].float() + 1) / T)
 
 
-def test_recycling_loss_is_against_the_ground_truth():
+def test_recycling_loss_is_the_second_pass_against_the_ground_truth():
     trainer, _, loss_calls = _spied(nnUNetTrainerDiffRecycle)
     batch = random_batch(trainer)
     trainer.train_step(batch)
     (loss_call,) = loss_calls
     assert all(torch.equal(a, b) for a, b in zip(loss_call["target"], batch["target"], strict=True))
+    first, second = trainer.network.calls
+    assert torch.equal(loss_call["output"], second["output"]) and second["output_requires_grad"]
+    assert not torch.equal(loss_call["output"], first["output"])
 
 
 @pytest.mark.parametrize("trainer_class, timesteps", [(nnUNetTrainerDiff, T), (nnUNetTrainerDiffSelfCond, T),
