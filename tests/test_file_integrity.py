@@ -46,7 +46,16 @@ def test_nan_and_inf_voxels_are_counted_although_simpleitk_reads_zeros(tmp_path,
     assert np.isfinite(sitk.GetArrayFromImage(sitk.ReadImage(dirty))).all()  # the reason for the check
 
 
-def test_integer_images_are_only_measured(tmp_path):
-    path = str(tmp_path / "labels.nii")
-    sitk.WriteImage(sitk.GetImageFromArray(np.arange(60, dtype=np.uint8).reshape(3, 4, 5)), path)
+def test_integer_images_are_only_measured(tmp_path, monkeypatch):
+    path, cut = str(tmp_path / "labels.nii"), str(tmp_path / "cut.nii")
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(6000, dtype=np.int16).reshape(10, 20, 30)), path)
+    data = open(path, "rb").read()
+    with open(cut, "wb") as f:
+        f.write(data[:len(data) - 100])
+
+    def no_reading(*_args, **_kwargs):
+        raise AssertionError("the voxels of an integer .nii need not be read")
+
+    monkeypatch.setattr(file_integrity, "open", no_reading, raising=False)  # the module's open, not nibabel's
     assert file_integrity.nifti_file_problem(path) is None
+    assert "it is truncated" in file_integrity.nifti_file_problem(cut)
