@@ -3,6 +3,7 @@ by our Dataset525 script (regions whole tumour / tumour core / enhancing tumour)
 trainer and a stock trainer, predicted with both predictors and ensembled."""
 
 import glob
+import json
 import os
 
 import numpy as np
@@ -11,6 +12,7 @@ import SimpleITK as sitk
 from conftest import nnunet_cli_env, run_cli
 
 from nnunetv2_diffusion.dataset_conversion import Dataset525_BraTS2021 as brats
+from nnunetv2_diffusion.inference.ensemble_choice import read_ensemble_choice
 
 CASES = [f"BraTS2021_{i:05d}" for i in range(12)]
 SHAPE = (6, 48, 48)
@@ -72,3 +74,9 @@ def test_region_dataset_trains_predicts_and_ensembles_through_the_command_lines(
             probabilities = np.load(os.path.join(folder, f"{name}.npz"))["probabilities"]
             assert probabilities.shape == (3, *SHAPE)  # one channel per region, no background
     assert os.path.isfile(os.path.join(outputs["global_step"], "uncertainty", "uncertainty_per_case.csv"))
+    # the ensemble ran at the weight nnUNetv2_diffusion_choose_ensemble recorded for this stock model
+    choice = read_ensemble_choice(diffusion, stock)
+    with open(os.path.join(outputs["ensemble"], "diffusion_settings.json")) as f:
+        settings = json.load(f)
+    assert settings["ensemble_weight_source"] == "validation"
+    assert settings["ensemble_weight"] == choice["weight"]
