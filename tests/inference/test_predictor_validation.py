@@ -2,10 +2,13 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 from nnunet_fixtures import make_trainer
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -67,7 +70,7 @@ def test_the_stock_predictor_comes_back_even_when_validation_fails(nnunet_env, m
 
 
 @pytest.mark.integration
-def test_nnunetv2_train_writes_the_dice_of_real_samples(nnunet_env):
+def test_nnunetv2_train_writes_the_dice_of_real_samples(nnunet_env, tmp_path):
     from synthetic_data import write_raw_dataset
 
     write_raw_dataset(str(nnunet_env["nnUNet_raw"]), 998, num_train=6, num_test=1, shape=(40, 40))
@@ -91,3 +94,19 @@ def test_nnunetv2_train_writes_the_dice_of_real_samples(nnunet_env):
     with open(os.path.join(model, "fold_0", logs[0])) as f:
         assert "global-step diffusion sampling" in f.read()
     run("nnUNetv2_find_best_configuration", "998", "-c", "2d", "-tr", "nnUNetTrainerDiffRecycle_10iters", "-f", "0")
+
+    # the Dice is of the diffusion predictor's samples at the validation seed: predicting the validation cases from
+    # their raw images with nnUNetv2_predict_diffusion at that seed gives the same segmentations again
+    cases = [os.path.basename(c["prediction_file"])[:-len(".nii.gz")] for c in summary["metric_per_case"]]
+    assert cases
+    (tmp_path / "images").mkdir()
+    for case in cases:
+        shutil.copy(os.path.join(nnunet_env["nnUNet_raw"], "Dataset998_Synthetic", "imagesTr", f"{case}_0000.nii.gz"),
+                    tmp_path / "images")
+    run("nnUNetv2_predict_diffusion", "-i", str(tmp_path / "images"), "-o", str(tmp_path / "again"), "-d", "998",
+        "-c", "2d", "-f", "0", "-tr", "nnUNetTrainerDiffRecycle_10iters", "-device", "cpu", "--seed",
+        str(VALIDATION_SEED))
+    for case in cases:
+        validation, again = (sitk.GetArrayFromImage(sitk.ReadImage(str(path))) for path in (
+            os.path.join(model, "fold_0", "validation", f"{case}.nii.gz"), tmp_path / "again" / f"{case}.nii.gz"))
+        assert np.array_equal(validation, again), case
