@@ -8,6 +8,7 @@ import time
 
 import pytest
 from conftest import BIN, run_cli
+from ext_trainers.kill_test_trainers import momentum_total
 
 from nnunetv2_diffusion.checkpoint_io import load_checkpoint_file
 
@@ -49,6 +50,9 @@ def test_training_killed_between_checkpoints_resumes_with_same_epochs_and_optimi
     resumed_epochs = [int(e) for e in re.findall(r": Epoch (\d+)\s*$", resumed_log, flags=re.MULTILINE)]
     assert resumed_epochs, resumed_log[-2000:]
     assert resumed_epochs[0] == saved_epoch, "resumed at the epoch after the last checkpoint, not from 0"
+    restored = re.findall(r"restored momentum: (\S+)", resumed_log)
+    assert restored and float(restored[0]) == pytest.approx(momentum_total(saved["optimizer_state"]), rel=1e-6)
+    assert float(restored[0]) > 0
     assert resumed_epochs[-1] == 5
     # the train-loss curve holds every epoch once: the log from before the kill was restored, not restarted
     assert len(final["logging"]["train_losses"]) == 6
