@@ -15,6 +15,7 @@ DDPMScheduler, whose ``previous_timestep`` does use the next entry, checks for e
 e.g. (15, 13), diffusers' trailing timesteps get one extra entry, -1, from numpy's float arange; ours stop at n.
 """
 
+import diffusers  # the reference implementation; a declared test dependency, so a missing one fails loudly
 import pytest
 import torch
 
@@ -79,7 +80,6 @@ def assert_trajectories_equal(ours: list[torch.Tensor], theirs: list[torch.Tenso
 
 @pytest.mark.parametrize(("num_timesteps", "num_inference_steps"), [(5, 5), (5, 2), (5, 1), (10, 10), (10, 3), (10, 1)])
 def test_ddpm_loop_matches_diffusers(num_timesteps, num_inference_steps):
-    diffusers = pytest.importorskip("diffusers")
     abar = make_alphas_cumprod("linear", num_timesteps)
     theirs = diffusers.DDPMScheduler(**diffusers_config(abar), variance_type="fixed_small")
     assert_trajectories_equal(
@@ -93,7 +93,6 @@ def test_ddpm_loop_matches_diffusers(num_timesteps, num_inference_steps):
     ("num_timesteps", "num_inference_steps"), [(5, 5), (5, 1), (10, 10), (10, 5), (10, 2), (10, 1)]
 )
 def test_ddim_loop_matches_diffusers_when_steps_divide_timesteps(num_timesteps, num_inference_steps, eta):
-    diffusers = pytest.importorskip("diffusers")
     abar = make_alphas_cumprod("linear", num_timesteps)
     theirs = diffusers.DDIMScheduler(**diffusers_config(abar), set_alpha_to_one=True, steps_offset=0)
     assert_trajectories_equal(
@@ -114,7 +113,6 @@ def test_ddim_with_eta_one_is_the_ddpm_step_on_uneven_spacing(num_timesteps, num
 @pytest.mark.parametrize("num_timesteps", [5, 10, 15, 1001])
 def test_timesteps_are_diffusers_trailing_spacing(num_timesteps):
     """Equal to diffusers for every n, except that diffusers sometimes appends a -1 (see set_timesteps)."""
-    diffusers = pytest.importorskip("diffusers")
     ours = DDPMSampler(alphas_cumprod=make_alphas_cumprod("linear", num_timesteps))
     theirs = diffusers.DDIMScheduler(num_train_timesteps=num_timesteps, timestep_spacing="trailing")
     for n in range(1, num_timesteps + 1):
