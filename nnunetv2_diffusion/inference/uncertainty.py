@@ -38,11 +38,17 @@ def entropy_of_probabilities(probabilities: np.ndarray, regions: bool = False) -
     return entropy(torch.from_numpy(np.asarray(probabilities, dtype=np.float64)), regions).float().numpy()
 
 
+def transposed_spacing(properties: dict, plans_manager) -> list[float]:
+    """The image's spacing (``properties["spacing"]``, the image's own axis order) in the plans' transposed order, that
+    of ``shape_before_cropping`` and the preprocessed arrays."""
+    return [properties["spacing"][axis] for axis in plans_manager.transpose_forward]
+
+
 def map_to_input_geometry(values: np.ndarray, properties: dict, configuration_manager, plans_manager) -> np.ndarray:
     """A per-voxel map of the preprocessed case (*spatial) -> the input image's layout, the way nnU-Net's export
     treats probabilities: resampled with the configuration's probability resampling, zeros outside the crop (the
     region nnU-Net's preprocessing cut away is certain background), transposed back."""
-    spacing = [properties["spacing"][i] for i in plans_manager.transpose_forward]
+    spacing = transposed_spacing(properties, plans_manager)
     shape = properties["shape_after_cropping_and_before_resampling"]
     current = configuration_manager.spacing if len(configuration_manager.spacing) == len(shape) else \
         [spacing[0], *configuration_manager.spacing]
@@ -58,7 +64,7 @@ NOMINAL_SPACING_FACTOR = 999
 (``NaturalImage2DIO``, PNG/BMP/TIFF: 999 with pixels of 1; ``SimpleITKIO``: 999 x the largest pixel spacing)."""
 
 
-def voxel_volume(spacing, shape) -> float:
+def volume_per_voxel(spacing, shape) -> float:
     """Volume of one voxel in the image's spacing units: the product of ``spacing`` over the axes of ``shape``, both in
     one axis order, leaving out the nominal axis of a 2D image (extent 1, spacing 999 x the largest other one), so that
     a 2D image's "volume" is its area, not 999 times it."""
@@ -71,8 +77,8 @@ def voxel_volume(spacing, shape) -> float:
 def case_scores(segmentation: np.ndarray, probabilities: np.ndarray, labels: dict, voxel_volume: float,
                 regions: bool = False) -> dict:
     """The CSV columns of one case: per foreground label (or region), the predicted volume (voxel count times
-    ``voxel_volume``: mm^3 for medical images, pixels for 2D images without a physical spacing) and the score of the
-    module docstring.
+    ``voxel_volume``, from :func:`volume_per_voxel`: mm^3 for medical images, pixels for 2D images without a physical
+    spacing) and the score of the module docstring.
 
     labels: dataset.json 'labels'; probabilities: (C, *spatial) with channel = label id, or (R, *spatial) in the
     order of the regions in ``labels``, each region's mask being its probability > 0.5 as in nnU-Net's export."""
@@ -104,9 +110,7 @@ def export_uncertainty_maps(logits: np.ndarray, mutual_information: np.ndarray, 
                       properties, writer)
     write_float_image(map_to_input_geometry(mutual_information, properties, configuration_manager, plans_manager),
                       f"{output_file_truncated}_mutual_information", ending, properties, writer)
-    # shape_before_cropping is in the plans' transposed axis order, the spacing in the image's own
-    spacing = [properties["spacing"][axis] for axis in plans_manager.transpose_forward]
-    volume = voxel_volume(spacing, properties["shape_before_cropping"])
+    volume = volume_per_voxel(transposed_spacing(properties, plans_manager), properties["shape_before_cropping"])
     row = {"case": os.path.basename(output_file_truncated),
            **case_scores(segmentation, probabilities, dataset_json["labels"], volume, regions)}
     temporary = partial_name(output_file_truncated) + ".json"

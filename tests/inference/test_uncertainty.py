@@ -10,7 +10,7 @@ from inference_fixtures import write_model_folder, write_raw_case
 
 from nnunetv2_diffusion.diffusion.mask_encoding import entropy
 from nnunetv2_diffusion.inference.predictor import nnUNetDiffusionPredictor
-from nnunetv2_diffusion.inference.uncertainty import case_scores, entropy_of_probabilities, voxel_volume
+from nnunetv2_diffusion.inference.uncertainty import case_scores, entropy_of_probabilities, volume_per_voxel
 from nnunetv2_diffusion.training import nnUNetTrainerDiffRecycle_10iters, nnUNetTrainerDiffSelfCond_10iters
 
 
@@ -80,11 +80,11 @@ def test_maps_and_table_are_written_in_the_input_geometry(nnunet_env, tmp_path):
     assert 0 <= float(rows[0]["c2_uncertainty"]) <= 1
 
 
-def test_voxel_volume_leaves_out_the_nominal_axis_of_2d_images():
-    assert voxel_volume((0.8, 1.25, 2.0), (30, 40, 50)) == pytest.approx(2.0)
-    assert voxel_volume((999, 1, 1), (1, 135, 200)) == 1.0  # PNG: the volume is the pixel area
-    assert voxel_volume((999 * 0.5, 0.5, 0.25), (1, 64, 64)) == pytest.approx(0.125)  # 2D NIfTI via SimpleITK
-    assert voxel_volume((3.0, 0.5, 0.5), (1, 64, 64)) == pytest.approx(0.75)  # one real slice keeps its thickness
+def test_volume_per_voxel_leaves_out_the_nominal_axis_of_2d_images():
+    assert volume_per_voxel((0.8, 1.25, 2.0), (30, 40, 50)) == pytest.approx(2.0)
+    assert volume_per_voxel((999, 1, 1), (1, 135, 200)) == 1.0  # PNG: the volume is the pixel area
+    assert volume_per_voxel((999 * 0.5, 0.5, 0.25), (1, 64, 64)) == pytest.approx(0.125)  # 2D NIfTI via SimpleITK
+    assert volume_per_voxel((3.0, 0.5, 0.5), (1, 64, 64)) == pytest.approx(0.75)  # one real slice keeps its thickness
 
 
 def test_entropy_is_log_c_for_uniform_and_zero_for_certain_voxels():
