@@ -71,7 +71,7 @@ ITERATIONS = {"stock": 1000, "recycling_stage": 1000, "recycling_block": 1000, "
 # 5000 is the GPU run's (benchmarks/gpu_evidence_hc18.sh) and Hippocampus's longest CPU point, 10 the GPU
 # script's smoke run
 BUDGET_CURVE = {n: (f"nnUNetTrainer_{n}iters", f"nnUNetTrainerDiffRecycle_blockFiLM_{n}iters")
-                for n in (10, 300, 3000, 5000)}
+                for n in (10, 300, 2000, 3000, 5000)}
 
 
 def training_order(replicates: list[int], methods: tuple[str, ...] = tuple(METHODS)) -> list[tuple[str, int]]:

@@ -48,8 +48,10 @@ def test_every_strategy_has_short_budget_variants(strategy, budget, epochs, iter
     assert trainer.num_epochs * trainer.num_iterations_per_epoch == epochs * iterations == int(budget[:-5])
 
 
-@pytest.mark.parametrize("name", ["nnUNetTrainer_1000iters", "nnUNetTrainer_1300iters", "nnUNetTrainer_3000iters",
-                                  "nnUNetTrainer_5000iters", "nnUNetTrainerDiffRecycle_blockFiLM_1000iters",
+@pytest.mark.parametrize("name", ["nnUNetTrainer_1000iters", "nnUNetTrainer_1300iters", "nnUNetTrainer_2000iters",
+                                  "nnUNetTrainer_3000iters", "nnUNetTrainer_5000iters",
+                                  "nnUNetTrainerDiffRecycle_blockFiLM_1000iters",
+                                  "nnUNetTrainerDiffRecycle_blockFiLM_2000iters",
                                   "nnUNetTrainerDiffRecycle_blockFiLM_5000iters"])
 def test_evidence_budgets_have_their_iterations_and_checkpoint_every_epoch(name):
     trainer = _build(getattr(training, name))

@@ -49,6 +49,13 @@ class _1300IterationsMixin(_FixedBudgetMixin):
     budget = (26, 50, 10)
 
 
+class _2000IterationsMixin(_FixedBudgetMixin):
+    """40 epochs x 50 training iterations: the budget curve's larger point on HC18, whose iterations cost about four
+    times Hippocampus's on the CPU."""
+
+    budget = (40, 50, 10)
+
+
 class _3000IterationsMixin(_FixedBudgetMixin):
     """60 epochs x 50 training iterations: a larger budget of the evidence study's budget curve."""
 
@@ -104,6 +111,10 @@ class nnUNetTrainer_1300iters(_1300IterationsMixin, nnUNetTrainer):
     pass
 
 
+class nnUNetTrainer_2000iters(_2000IterationsMixin, nnUNetTrainer):
+    pass
+
+
 class nnUNetTrainer_3000iters(_3000IterationsMixin, nnUNetTrainer):
     pass
 
@@ -117,6 +128,10 @@ class nnUNetTrainerDiffRecycle_blockFiLM_300iters(_300IterationsMixin, nnUNetTra
 
 
 class nnUNetTrainerDiffRecycle_blockFiLM_1000iters(_1000IterationsMixin, nnUNetTrainerDiffRecycle_blockFiLM):
+    pass
+
+
+class nnUNetTrainerDiffRecycle_blockFiLM_2000iters(_2000IterationsMixin, nnUNetTrainerDiffRecycle_blockFiLM):
     pass
 
 
