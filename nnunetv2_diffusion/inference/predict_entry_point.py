@@ -189,16 +189,12 @@ def run(args: argparse.Namespace) -> None:
     predictor.initialize_from_trained_model_folder(model_folder, folds, checkpoint_name=args.chk)
     if args.ensemble_with is not None:
         predictor.initialize_ensemble_model(args.ensemble_with, folds, checkpoint_name=args.chk)
-    if args.npp == 0 and args.nps == 0:
-        predictor.predict_from_files_sequential(args.i, args.o, save_probabilities=args.save_probabilities,
-                                                overwrite=not args.continue_prediction,
-                                                folder_with_segs_from_prev_stage=args.prev_stage_predictions)
-    else:
-        predictor.predict_from_files(args.i, args.o, save_probabilities=args.save_probabilities,
-                                     overwrite=not args.continue_prediction, num_processes_preprocessing=args.npp,
-                                     num_processes_segmentation_export=args.nps,
-                                     folder_with_segs_from_prev_stage=args.prev_stage_predictions,
-                                     num_parts=args.num_parts, part_id=args.part_id)
+    # -npp 0 -nps 0 run in this process; unlike nnU-Net's sequential path, this one keeps -num_parts / -part_id
+    predictor.predict_from_files(args.i, args.o, save_probabilities=args.save_probabilities,
+                                 overwrite=not args.continue_prediction, num_processes_preprocessing=args.npp,
+                                 num_processes_segmentation_export=args.nps,
+                                 folder_with_segs_from_prev_stage=args.prev_stage_predictions,
+                                 num_parts=args.num_parts, part_id=args.part_id)
 
 
 def predict_diffusion_entry_point(argv: list[str] | None = None) -> None:
