@@ -7,8 +7,10 @@ an evaluation would take for a result. The functions here run in nnU-Net's spawn
 module-level and take only picklable arguments.
 """
 
+import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 
 import nibabel
 import numpy as np
@@ -23,26 +25,32 @@ from nnunetv2.inference.export_prediction import (
 PARTIAL_FOLDER = ".partial"
 
 
-def partial_name(output_file_truncated: str) -> str:
-    """A unique temporary path (no file ending) in the ``.partial`` folder next to ``output_file_truncated``."""
+@contextlib.contextmanager
+def temporary_name(output_file_truncated: str) -> Iterator[str]:
+    """A unique temporary path (no file ending) in the ``.partial`` folder next to ``output_file_truncated``, for
+    the block's duration. A marker file kept there meanwhile makes the folder non-empty, so another process writing
+    into the same output folder (the parts of a ``-num_parts`` split) cannot remove it under this writer; when the
+    block ends, the marker and whatever is still at the temporary path (an export that failed) are removed."""
     folder = os.path.join(os.path.dirname(os.path.abspath(output_file_truncated)), PARTIAL_FOLDER)
-    os.makedirs(folder, exist_ok=True)
-    return os.path.join(folder, f"{os.path.basename(output_file_truncated)}.{uuid.uuid4().hex[:12]}")
-
-
-def _move_into_place(temporary_truncated: str, output_file_truncated: str, suffixes: list[str]) -> None:
-    """Renames ``temporary + suffix`` to ``output + suffix`` in the given order; removes leftovers on failure."""
+    prefix = f"{os.path.basename(output_file_truncated)}.{uuid.uuid4().hex[:12]}"
+    while True:
+        os.makedirs(folder, exist_ok=True)
+        try:
+            open(os.path.join(folder, prefix + ".writing"), "x").close()
+            break
+        except FileNotFoundError:  # another process removed the empty folder between the two calls
+            continue
     try:
-        for suffix in suffixes:
-            os.replace(temporary_truncated + suffix, output_file_truncated + suffix)
+        yield os.path.join(folder, prefix)
     finally:
-        for suffix in suffixes:
-            if os.path.isfile(temporary_truncated + suffix):
-                os.remove(temporary_truncated + suffix)
+        for name in os.listdir(folder):
+            if name.startswith(prefix + "."):
+                os.remove(os.path.join(folder, name))
 
 
 def remove_partial_folder(output_folder: str) -> None:
-    """Removes ``<output_folder>/.partial`` if it is empty (it is not after an interrupted export)."""
+    """Removes ``<output_folder>/.partial`` if it is empty (it is not while a writer holds a temporary name, nor
+    after an interrupted export)."""
     try:
         os.rmdir(os.path.join(output_folder, PARTIAL_FOLDER))
     except OSError:
@@ -58,18 +66,12 @@ def export_prediction_atomically(log_probabilities: np.ndarray, properties: dict
 
     log_probabilities: (C, *preprocessed shape) float32, handed to nnU-Net as its "logits" (softmax(log p) = p).
     """
-    temporary = partial_name(output_file_truncated)
     suffixes = [".npz", ".pkl"] if save_probabilities else []
-    suffixes.append(dataset_json["file_ending"])
-    try:
+    with temporary_name(output_file_truncated) as temporary:
         export_prediction_from_logits(log_probabilities, properties, configuration_manager, plans_manager,
                                       dataset_json, temporary, save_probabilities)
-    except BaseException:
-        for suffix in suffixes:
-            if os.path.isfile(temporary + suffix):
-                os.remove(temporary + suffix)
-        raise
-    _move_into_place(temporary, output_file_truncated, suffixes)
+        for suffix in [*suffixes, dataset_json["file_ending"]]:
+            os.replace(temporary + suffix, output_file_truncated + suffix)
 
 
 def write_float_image(array: np.ndarray, output_file_truncated: str, file_ending: str, properties: dict,
@@ -115,12 +117,7 @@ def write_float_image(array: np.ndarray, output_file_truncated: str, file_ending
 
         def write(path):
             np.savez_compressed(path, map=array)
-    temporary = partial_name(output_file_truncated)
-    try:
+    with temporary_name(output_file_truncated) as temporary:
         write(temporary + ending)
-    except BaseException:
-        if os.path.isfile(temporary + ending):
-            os.remove(temporary + ending)
-        raise
-    _move_into_place(temporary, output_file_truncated, [ending])
+        os.replace(temporary + ending, output_file_truncated + ending)
     return output_file_truncated + ending

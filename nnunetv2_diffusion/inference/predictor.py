@@ -44,8 +44,8 @@ from nnunetv2_diffusion.inference.ensemble_choice import DEFAULT_ENSEMBLE_WEIGHT
 from nnunetv2_diffusion.inference.errors import DiffusionPredictorError
 from nnunetv2_diffusion.inference.export import (
     export_prediction_atomically,
-    partial_name,
     remove_partial_folder,
+    temporary_name,
 )
 from nnunetv2_diffusion.inference.export_jobs import ExportJobs
 from nnunetv2_diffusion.inference.global_step import (
@@ -408,9 +408,9 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
         folder = output if isinstance(output, str) else os.path.dirname(output[0]) if output else None
         if folder:
             os.makedirs(folder, exist_ok=True)
-            temporary = partial_name(join(folder, "diffusion_settings")) + ".json"
-            save_json(self.settings(), temporary, sort_keys=False)
-            os.replace(temporary, join(folder, "diffusion_settings.json"))
+            with temporary_name(join(folder, "diffusion_settings")) as temporary:
+                save_json(self.settings(), temporary + ".json", sort_keys=False)
+                os.replace(temporary + ".json", join(folder, "diffusion_settings.json"))
             remove_partial_folder(folder)
         return super().predict_from_files(list_of_lists_or_source_folder, output, save_probabilities, overwrite,
                                           num_processes_preprocessing, num_processes_segmentation_export,

@@ -81,6 +81,24 @@ def test_an_export_that_fails_midway_leaves_no_output_file(nnunet_env, tmp_path,
     assert not any(name.startswith("case") for name in os.listdir(tmp_path / "out"))
 
 
+def test_a_writer_keeps_its_partial_folder_while_another_process_tidies_up(tmp_path):
+    """The parts of a -num_parts split share one output folder; each removes the empty .partial folder when it
+    starts and ends, which must not pull the folder from under a case another part is exporting."""
+    out = tmp_path / "out"
+    out.mkdir()
+    with export_module.temporary_name(str(out / "case_001")) as temporary:
+        export_module.remove_partial_folder(str(out))  # the other part, starting or finishing
+        np.save(temporary + ".npy", np.arange(3))
+        os.replace(temporary + ".npy", out / "case_001.npy")
+    export_module.remove_partial_folder(str(out))
+    assert os.listdir(out) == ["case_001.npy"]
+    with pytest.raises(KeyboardInterrupt), export_module.temporary_name(str(out / "case_002")) as temporary:
+        np.save(temporary + ".npy", np.arange(3))
+        raise KeyboardInterrupt  # killed before the rename: the half-done file goes, the finished one stays
+    export_module.remove_partial_folder(str(out))
+    assert os.listdir(out) == ["case_001.npy"]
+
+
 def test_float_maps_keep_the_geometry_of_nibabel_inputs(tmp_path):
     affine = np.array([[0.0, 0.0, 1.5, 10.0], [0.0, -0.8, 0.0, 4.0], [1.2, 0.0, 0.0, -3.0], [0.0, 0.0, 0.0, 1.0]])
     nibabel.save(nibabel.Nifti1Image(np.zeros((5, 6, 7), dtype=np.float32), affine), tmp_path / "img.nii.gz")
