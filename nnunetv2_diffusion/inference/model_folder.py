@@ -93,9 +93,10 @@ def check_same_preprocessing(our_plans: PlansManager, our_configuration, their_p
             raise DiffusionPredictorError(f"--ensemble_with {their_source} preprocesses differently from {our_source} "
                                           f"({key}: {theirs} vs {ours}); combine their --save_probabilities outputs "
                                           f"with nnUNetv2_ensemble instead")
-    if their_configuration.previous_stage_name is not None:
-        raise DiffusionPredictorError(f"--ensemble_with {their_source} is a cascade stage; cascades are not supported "
-                                      f"for ensembling")
+    for source, configuration in ((their_source, their_configuration), (our_source, our_configuration)):
+        if configuration.previous_stage_name is not None:
+            raise DiffusionPredictorError(f"{source} is a cascade stage; cascades are not supported for "
+                                          f"--ensemble_with")
 
 
 def _as_lists(value):

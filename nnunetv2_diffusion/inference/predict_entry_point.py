@@ -122,6 +122,8 @@ def _device(name: str) -> torch.device:
         torch.set_num_threads(multiprocessing.cpu_count())
         return torch.device("cpu")
     if name == "cuda":
+        if not torch.cuda.is_available():  # else the first case fails deep in torch, after JSON files are written
+            raise DiffusionPredictorError("-device cuda (the default), but torch finds no CUDA GPU: use -device cpu")
         torch.set_num_threads(1)
         torch.set_num_interop_threads(1)
         return torch.device("cuda")

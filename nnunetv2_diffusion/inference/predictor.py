@@ -138,6 +138,8 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
                  ensemble_weight: float | None = None, sample_batch: int | None = DEFAULT_SAMPLE_BATCH,
                  save_samples: bool = False):
         check_predictor_options(sampler, steps, eta, num_samples, ensemble_weight)
+        if not 0 < tile_step_size <= 1:  # nnU-Net asserts it only when the first case is tiled
+            raise DiffusionPredictorError(f"tile_step_size (-step_size) must be in (0, 1] (got {tile_step_size})")
         if sample_batch is not None and sample_batch < 1:
             raise DiffusionPredictorError(f"sample_batch must be >= 1 (got {sample_batch})")
         super().__init__(tile_step_size, use_gaussian, use_mirroring, perform_everything_on_device, device, verbose,
@@ -305,6 +307,10 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
         back to CPU arrays (same seeds) if that runs out of memory."""
         if not isinstance(data, torch.Tensor) or data.ndim != 4:
             raise ValueError("data must be a 4D torch.Tensor (c, x, y, z); 2D configurations use (c, 1, x, y)")
+        channels = self.diffusion_network.num_image_channels
+        if data.shape[0] != channels:  # the network would take the surplus channels for its noisy mask
+            raise DiffusionPredictorError(f"the preprocessed case has {data.shape[0]} channels, the network takes "
+                                          f"{channels} image channels (a cascade stage's included)")
         self.network = self.network.to(self.device)
         self.network.eval()
         padded, revert_padding = pad_nd_image(data, self.configuration_manager.patch_size, "constant", {"value": 0},
@@ -449,6 +455,10 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
         if self.configuration_manager.previous_stage_name is not None:
             check_previous_stage_files(cases, folder_with_segs_from_prev_stage, self.dataset_json["file_ending"],
                                        self.configuration_manager.previous_stage_name)
+        elif folder_with_segs_from_prev_stage is not None:  # nnU-Net would stack them onto the image channels
+            raise DiffusionPredictorError(f"previous-stage segmentations {folder_with_segs_from_prev_stage} were "
+                                          f"given, but the model's configuration is not a cascade stage: leave out "
+                                          f"-prev_stage_predictions")
         check_input_images(cases, self.plans_manager.image_reader_writer_class)
         return cases
 

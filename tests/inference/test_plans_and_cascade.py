@@ -9,6 +9,7 @@ import SimpleITK as sitk
 import torch
 from inference_fixtures import write_model_folder, write_raw_case
 from nnunet_fixtures import cascade_plans, make_trainer, random_batch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunetv2_diffusion.inference.errors import DiffusionPredictorError
 from nnunetv2_diffusion.inference.predictor import nnUNetDiffusionPredictor
@@ -96,6 +97,28 @@ def test_the_cascade_stage_predicts_from_previous_stage_segmentations(nnunet_env
         assert sitk.GetArrayFromImage(sitk.ReadImage(str(out / "case.nii.gz"))).shape == shape
         probabilities[name] = np.load(out / "case.npz")["probabilities"]
     assert np.abs(probabilities["prev"] - probabilities["prev_empty"]).max() > 1e-3  # the network reads it
+
+
+def test_a_cascade_stage_is_refused_for_an_ensemble(nnunet_env):
+    """Its cases carry the previous-stage channels, which the stock model of the same spacing cannot take."""
+    results = nnunet_env["nnUNet_results"]
+    folder = write_model_folder(results, nnUNetTrainerDiffRecycle, dim=3, plans=cascade_plans(),
+                                configuration="3d_cascade_fullres")
+    stock = write_model_folder(results / "stock", nnUNetTrainer, dim=3, plans=cascade_plans(),
+                               configuration="3d_fullres")
+    predictor = nnUNetDiffusionPredictor(device=torch.device("cpu"), allow_tqdm=False, steps=2)
+    predictor.initialize_from_trained_model_folder(folder, (0,))
+    with pytest.raises(DiffusionPredictorError, match=f"{folder}.* is a cascade stage"):
+        predictor.initialize_ensemble_model(stock, (0,))
+
+
+def test_a_case_with_more_channels_than_the_network_takes_is_refused(nnunet_env):
+    """Surplus channels (a previous stage's, stacked by nnU-Net's preprocessing) would be read as the noisy mask."""
+    folder = write_model_folder(nnunet_env["nnUNet_results"], nnUNetTrainerDiffRecycle)
+    predictor = nnUNetDiffusionPredictor(device=torch.device("cpu"), allow_tqdm=False, steps=2)
+    predictor.initialize_from_trained_model_folder(folder, (0,))
+    with pytest.raises(DiffusionPredictorError, match="has 3 channels, the network takes 1 image channels"):
+        predictor.predict_case(torch.zeros(3, 1, 36, 36))
 
 
 def test_a_residual_encoder_3d_model_predicts(nnunet_env, tmp_path):

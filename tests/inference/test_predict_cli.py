@@ -104,8 +104,15 @@ def models(nnunet_env, tmp_path):
     (["--num_samples", "0"], "num_samples must be an integer >= 1"),
     (["--ensemble_weight", "1.5"], "ensemble_weight must be in [0, 1]"),
     (["-f", "0", "1"], "fold_1"),
+    (["-step_size", "0"], "tile_step_size (-step_size) must be in (0, 1] (got 0.0)"),
+    (["-step_size", "1.5"], "tile_step_size (-step_size) must be in (0, 1] (got 1.5)"),
+    (["-num_parts", "2", "-part_id", "2"], "-part_id must be in [0, -num_parts) (got 2 of 2)"),
+    (["-prev_stage_predictions", "{in}"], "the model's configuration is not a cascade stage"),
+    pytest.param(["-device", "cuda"], "finds no CUDA GPU: use -device cpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="refused only without a GPU")),
 ])
 def test_bad_options_are_refused_before_any_case(models, extra, expected):
+    extra = [arg.replace("{in}", models["base"][1]) for arg in extra]
     message = _refusal(models["base"] + extra)
     assert expected in message
     assert not models["out"].exists()
