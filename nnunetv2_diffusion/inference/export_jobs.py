@@ -14,11 +14,17 @@ class _Finished:
     def __init__(self, value):
         self.value = value
 
-    def ready(self) -> bool:
-        return True
-
     def get(self, timeout=None):
         return self.value
+
+
+def run_in_order(calls: list[tuple]):
+    """Runs ``function(*arguments)`` for every ``(function, arguments)`` of ``calls``, in order, in one job; returns
+    the last call's result (module-level, so a spawn worker can run it)."""
+    result = None
+    for function, arguments in calls:
+        result = function(*arguments)
+    return result
 
 
 class ExportJobs:

@@ -47,7 +47,7 @@ from nnunetv2_diffusion.inference.export import (
     remove_partial_folder,
     temporary_name,
 )
-from nnunetv2_diffusion.inference.export_jobs import ExportJobs
+from nnunetv2_diffusion.inference.export_jobs import ExportJobs, run_in_order
 from nnunetv2_diffusion.inference.global_step import (
     ChunkedInPlaceUpdate,
     StepDenoiser,
@@ -541,30 +541,32 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
 
     def _submit_exports(self, jobs: ExportJobs, case: CasePrediction, logits: np.ndarray, properties: dict,
                         ofile: str, save_probabilities: bool, uncertainty_folders: set):
-        """Queues the files of one case: the segmentation (its job is returned), the uncertainty maps and scores with
-        K > 1 samples (adding their folder to ``uncertainty_folders``), the per-step segmentations with
-        ``save_steps``, each sample's segmentation (and probabilities) with ``save_samples``."""
+        """Queues the files of one case as one job, returned: the uncertainty maps and scores with K > 1 samples
+        (adding their folder to ``uncertainty_folders``), the per-step segmentations with ``save_steps``, each
+        sample's segmentation (and probabilities) with ``save_samples``, and last the segmentation, so that a case
+        whose segmentation exists, what ``--continue_prediction`` skips, has all its files."""
         folder, name = os.path.dirname(os.path.abspath(ofile)), os.path.basename(ofile)
         jobs.add_folder(folder)
         common = (properties, self.configuration_manager, self.plans_manager, self.dataset_json)
-        segmentation = jobs.submit(export_prediction_atomically, (logits, *common, ofile, save_probabilities))
+        calls = []
         if self.num_samples > 1:
             os.makedirs(join(folder, UNCERTAINTY_FOLDER), exist_ok=True)
             jobs.add_folder(join(folder, UNCERTAINTY_FOLDER))
-            jobs.submit(export_uncertainty_maps, (logits, case.mutual_information.numpy(), *common,
-                                                  join(folder, UNCERTAINTY_FOLDER, name)))
+            calls.append((export_uncertainty_maps, (logits, case.mutual_information.numpy(), *common,
+                                                    join(folder, UNCERTAINTY_FOLDER, name))))
             uncertainty_folders.add(join(folder, UNCERTAINTY_FOLDER))
         if case.step_probabilities is not None:
             os.makedirs(join(folder, STEPS_FOLDER), exist_ok=True)
             jobs.add_folder(join(folder, STEPS_FOLDER))
-            for k, step in enumerate(case.step_probabilities, start=1):
-                jobs.submit(export_prediction_atomically, (export_logits(step, self.regions).numpy(), *common,
-                                                           join(folder, STEPS_FOLDER, f"{name}_step{k}"), False))
+            calls += [(export_prediction_atomically, (export_logits(step, self.regions).numpy(), *common,
+                                                      join(folder, STEPS_FOLDER, f"{name}_step{k}"), False))
+                      for k, step in enumerate(case.step_probabilities, start=1)]
         if case.sample_probabilities is not None:
             os.makedirs(join(folder, SAMPLES_FOLDER), exist_ok=True)
             jobs.add_folder(join(folder, SAMPLES_FOLDER))
-            for k, sample in enumerate(case.sample_probabilities, start=1):
-                jobs.submit(export_prediction_atomically, (export_logits(sample, self.regions).numpy(), *common,
-                                                           join(folder, SAMPLES_FOLDER, f"{name}_sample{k}"),
-                                                           save_probabilities))
-        return segmentation
+            calls += [(export_prediction_atomically, (export_logits(sample, self.regions).numpy(), *common,
+                                                      join(folder, SAMPLES_FOLDER, f"{name}_sample{k}"),
+                                                      save_probabilities))
+                      for k, sample in enumerate(case.sample_probabilities, start=1)]
+        calls.append((export_prediction_atomically, (logits, *common, ofile, save_probabilities)))
+        return jobs.submit(run_in_order, (calls,))

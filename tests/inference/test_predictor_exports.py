@@ -14,6 +14,7 @@ from nnunetv2.imageio.nibabel_reader_writer import NibabelIO
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 import nnunetv2_diffusion.inference.export as export_module
+import nnunetv2_diffusion.inference.predictor as predictor_module
 from nnunetv2_diffusion.inference.export import PARTIAL_FOLDER, write_float_image
 from nnunetv2_diffusion.inference.predictor import nnUNetDiffusionPredictor
 from nnunetv2_diffusion.inference.uncertainty import entropy_of_probabilities
@@ -78,6 +79,21 @@ def test_an_export_that_fails_midway_leaves_no_output_file(nnunet_env, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         _predictor(folder).predict_from_files_sequential(str(tmp_path / "in"), str(tmp_path / "out"),
                                                          save_probabilities=True)
+    assert not any(name.startswith("case") for name in os.listdir(tmp_path / "out"))
+
+
+def test_a_case_killed_before_its_uncertainty_maps_has_no_segmentation(nnunet_env, tmp_path, monkeypatch):
+    """--continue_prediction skips every case whose segmentation exists, so it must be the case's last file."""
+    folder = write_model_folder(nnunet_env["nnUNet_results"], nnUNetTrainerDiffRecycle_10iters)
+    write_raw_case(tmp_path / "in", "case", (36, 36))
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predictor_module, "export_uncertainty_maps", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _predictor(folder, num_samples=2, steps=2).predict_from_files_sequential(str(tmp_path / "in"),
+                                                                                 str(tmp_path / "out"))
     assert not any(name.startswith("case") for name in os.listdir(tmp_path / "out"))
 
 
