@@ -227,13 +227,14 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
             self.ensemble_weight_source = "validation" if choice else "default"
 
     # ------------------------------------------------------------------ one case
-    def case_seed(self, data: torch.Tensor, fold_index: int = 0, sample_index: int = 0) -> int | None:
+    def case_seed(self, data: torch.Tensor, fold: int | str = 0, sample_index: int = 0) -> int | None:
         """The generator seed of one sample: a hash of (seed, the case's shape and content, fold, sample).
         Content (every value of a small case, a strided 1M to 2M of a large one) rather than position in the input
-        list, so a case's result does not depend on which other cases are predicted or in which order."""
+        list, so a case's result does not depend on which other cases are predicted or in which order; the fold's
+        id (0-4 or 'all') rather than its position in ``-f``, so ``-f 1`` samples fold 1 as ``-f 0 1`` does."""
         if self.seed is None:
             return None
-        return content_seed(data, self.seed, fold_index, sample_index)
+        return content_seed(data, self.seed, fold, sample_index)
 
     @torch.inference_mode()
     def predict_case(self, data: torch.Tensor) -> CasePrediction:
@@ -247,10 +248,10 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
             probabilities, steps, expected_entropy = None, None, None
             kept = [] if self.save_samples else None
             with tqdm(total=total, desc="denoising steps", leave=False, disable=not self.allow_tqdm) as progress:
-                for fold_index, fold_parameters in enumerate(parameters):
+                for fold, fold_parameters in zip(self._fold_ids(len(parameters)), parameters, strict=True):
                     if fold_parameters is not None:
                         self.diffusion_network.load_state_dict(fold_parameters)
-                    seeds = [self.case_seed(data, fold_index, k) for k in range(self.num_samples)]
+                    seeds = [self.case_seed(data, fold, k) for k in range(self.num_samples)]
                     samples, sample_steps = self._sample(data, seeds, progress)
                     for p, p_steps in zip(samples, sample_steps, strict=True):
                         if kept is not None:  # a copy: the running sum below starts as the first sample itself
@@ -287,9 +288,14 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
         """The currently loaded weights only (what nnU-Net's final validation calls per case): the mean probabilities
         of ``num_samples`` samples as ``export_logits`` (log p; logit p for regions), (C, *spatial) float32 on the
         CPU."""
-        seeds = [self.case_seed(input_image, 0, k) for k in range(self.num_samples)]
+        seeds = [self.case_seed(input_image, self._fold_ids(1)[0], k) for k in range(self.num_samples)]
         samples, _ = self._sample(input_image, seeds, None)
         return export_logits(torch.stack(samples).mean(0), self.regions)
+
+    def _fold_ids(self, count: int) -> list:
+        """The folds of the ``count`` loaded parameter sets: the model folder's (or the validating trainer's) fold
+        ids, else positions (a predictor given its parameters by hand)."""
+        return list(self.folds) if self.folds is not None and len(self.folds) == count else list(range(count))
 
     def _sample(self, data: torch.Tensor, seeds: list[int | None], progress) -> tuple[list, list]:
         """One reverse process per seed over the whole case with the loaded weights, ``sample_batch`` of them at a
@@ -473,7 +479,7 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
                 "timesteps": [int(t) for t in self.sampler.timesteps.tolist()],
                 "eta": getattr(self.sampler, "eta", None), "training_timesteps": config.num_timesteps,
                 "schedule": config.schedule, "seed": self.seed,
-                "seed_rule": "per case, fold and sample: blake2b(seed, case shape, fold, sample, case content)",
+                "seed_rule": "per case, fold id and sample: blake2b(seed, case shape, fold, sample, case content)",
                 "num_samples": self.num_samples, "sample_batch": self.sample_batch, "save_steps": self.save_steps,
                 "save_samples": self.save_samples,
                 "ensemble_with": self.ensemble_source,

@@ -13,12 +13,12 @@ The rebinding is process-wide while it lasts: another thread validating a stock 
 the diffusion predictor too (nnU-Net never validates two trainers concurrently in one process).
 """
 
-import functools
 from contextlib import contextmanager
 
 import nnunetv2.training.nnUNetTrainer.nnUNetTrainer as stock_trainer_module
 
 from nnunetv2_diffusion.inference.predictor import nnUNetDiffusionPredictor
+from nnunetv2_diffusion.networks.wrappers import unwrap_network
 
 VALIDATION_SEED = 0
 """Validation samples are reproducible: the same checkpoint gives the same summary.json."""
@@ -29,9 +29,16 @@ def diffusion_predictor_in_validation(trainer=None):
     """Within the block, nnU-Net's final validation constructs :class:`nnUNetDiffusionPredictor` (sampler, steps and
     eta from the network's stored settings, i.e. the trainer's defaults) instead of ``nnUNetPredictor``."""
     original = stock_trainer_module.nnUNetPredictor
-    stock_trainer_module.nnUNetPredictor = functools.partial(nnUNetDiffusionPredictor, seed=VALIDATION_SEED)
+
+    def validation_predictor(*args, **kwargs) -> nnUNetDiffusionPredictor:
+        predictor = nnUNetDiffusionPredictor(*args, seed=VALIDATION_SEED, **kwargs)
+        # the noise of a case depends on its fold: the validation of fold f samples what -f f samples
+        predictor.folds = [trainer.fold] if trainer is not None else None
+        return predictor
+
+    stock_trainer_module.nnUNetPredictor = validation_predictor
     if trainer is not None:
-        config = trainer.diffusion_config()
+        config = unwrap_network(trainer.network).config
         trainer.print_to_log_file(f"final validation: global-step diffusion sampling, {config.sampler}, "
                                   f"{config.sampling_steps} steps, seed {VALIDATION_SEED}")
     try:

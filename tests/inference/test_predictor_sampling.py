@@ -248,3 +248,13 @@ def test_stock_predictor_on_a_diffusion_model_repeats_exactly(nnunet_env):
     assert torch.equal(first, second)
     other = predictor.predict_logits_from_preprocessed_data(data.flip(-1))
     assert not torch.equal(other.flip(-1), first)  # the noise does depend on the content
+
+
+def test_a_fold_samples_the_same_noise_alone_or_beside_other_folds(nnunet_env):
+    """The noise is seeded with the fold's id, not its position in -f: -f 1 gives fold 1's sample of -f 0 1."""
+    folder = write_model_folder(nnunet_env["nnUNet_results"], nnUNetTrainerDiffRecycle_10iters, folds=(0, 1))
+    data = torch.randn(1, 1, 36, 36, generator=torch.Generator().manual_seed(3))
+    both = _predictor(folder, folds=(0, 1), save_samples=True, use_mirroring=False).predict_case(data)
+    alone = _predictor(folder, folds=(1,), save_samples=True, use_mirroring=False).predict_case(data)
+    assert torch.equal(alone.sample_probabilities[0], both.sample_probabilities[1])
+    assert not torch.allclose(both.sample_probabilities[0], both.sample_probabilities[1])
