@@ -61,12 +61,18 @@ def load_pretrained_weights(network, fname: str, verbose: bool = False, *, train
         raise WarmStartError(f"-pretrained_weights: {e}") from None
     weights = checkpoint["network_weights"]
     if "_extra_state" in weights:  # a diffusion checkpoint: the same kind of network
+        own = module.config
         try:
             module.load_state_dict(weights)
         except (RuntimeError, ValueError) as e:
             raise WarmStartError(f"-pretrained_weights {fname} does not fit this diffusion network: "
                                  f"{str(e).splitlines()[0]}") from None
-        trainer.print_to_log_file(f"pretrained diffusion weights loaded from {fname}")
+        # loading set the checkpoint's diffusion settings; this trainer trains (and its checkpoints record) its own
+        loaded, module.config = module.config, own
+        changed = {k: (v, own.to_dict()[k]) for k, v in loaded.to_dict().items() if own.to_dict()[k] != v}
+        trainer.print_to_log_file(f"pretrained diffusion weights loaded from {fname}" + (
+            f"; its diffusion settings are replaced by this trainer's (checkpoint vs now: {changed})" if changed
+            else ""))
         return
     check_stock_checkpoint(checkpoint, fname, trainer)
     try:

@@ -8,7 +8,13 @@ from nnunet_fixtures import make_trainer
 from nnunetv2.run.run_training import maybe_load_checkpoint
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunetv2_diffusion.training import nnUNetTrainerDiffRecycle, nnUNetTrainerDiffRecycle_blockFiLM
+from nnunetv2_diffusion.networks.wrappers import unwrap_network
+from nnunetv2_diffusion.training import (
+    nnUNetTrainerDiff,
+    nnUNetTrainerDiffRecycle,
+    nnUNetTrainerDiffRecycle_blockFiLM,
+    nnUNetTrainerDiffRecycle_T10,
+)
 from nnunetv2_diffusion.training.warm_start import WarmStartError
 
 
@@ -83,3 +89,21 @@ def test_a_stock_model_of_other_input_channels_is_refused(tmp_path):
     trainer = make_trainer(nnUNetTrainerDiffRecycle_blockFiLM, deep_supervision=False)
     with pytest.raises(WarmStartError, match=r"takes 2 input channel\(s\), this dataset has 1"):
         maybe_load_checkpoint(trainer, False, False, path)
+
+
+def test_a_diffusion_checkpoint_gives_its_weights_but_not_its_settings(tmp_path):
+    """Fine-tuning a T = 5 'standard' model with T = 10 recycling trains, and records, T = 10 recycling."""
+    torch.manual_seed(2)
+    source = make_trainer(nnUNetTrainerDiff, deep_supervision=False)
+    path = os.path.join(tmp_path, "diffusion_checkpoint_final.pth")
+    torch.save({"network_weights": source.network.state_dict(), "init_args": source.my_init_kwargs,
+                "trainer_name": "nnUNetTrainerDiff"}, path)
+    trainer = make_trainer(nnUNetTrainerDiffRecycle_T10, deep_supervision=False)
+    own = unwrap_network(trainer.network).config
+    maybe_load_checkpoint(trainer, continue_training=False, validation_only=False, pretrained_weights_file=path)
+    network = unwrap_network(trainer.network)
+    assert network.config == own and own.num_timesteps == 10 and own != unwrap_network(source.network).config
+    assert network.get_extra_state()["num_timesteps"] == 10  # what its checkpoints will record
+    for key, value in source.network.state_dict().items():
+        if key != "_extra_state":
+            assert torch.equal(trainer.network.state_dict()[key], value), key
