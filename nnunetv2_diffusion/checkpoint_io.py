@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 # What nnU-Net's checkpoints hold besides tensors and builtins: numpy scalars in the training log and _best_ema.
-# These rebuild plain numbers only; no callable is reachable from them.
+# These rebuild plain numbers only; no callable is reachable from them. Checkpoints pickled under NumPy 1.x name
+# the scalar function by its old module path, numpy.core.
 _NUMPY_SCALAR_GLOBALS = [
-    np._core.multiarray.scalar, np.dtype,
+    np._core.multiarray.scalar, (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"), np.dtype,
     *(getattr(np.dtypes, name) for name in ("Float16DType", "Float32DType", "Float64DType", "Int8DType",
                                             "Int16DType", "Int32DType", "Int64DType", "UInt8DType", "UInt16DType",
                                             "UInt32DType", "UInt64DType", "BoolDType")),

@@ -3,6 +3,7 @@
 import os
 import pickle
 import subprocess
+import zipfile
 
 import numpy as np
 import pytest
@@ -111,6 +112,23 @@ def test_checkpoint_with_pickled_code_is_refused(tmp_path):
         load_checkpoint_file(path)
     with pytest.raises(pickle.UnpicklingError):  # the payload is refused before anything runs
         torch.load(path, weights_only=True)
+
+
+def test_a_checkpoint_pickled_under_numpy_1_loads(tmp_path):
+    """NumPy 1.x pickles its scalars as numpy.core.multiarray.scalar (NumPy 2: numpy._core): stock models trained
+    before NumPy 2 must still load for -pretrained_weights and --ensemble_with."""
+    path = tmp_path / "numpy1.pth"
+    torch.save({"network_weights": {"w": torch.ones(2)}, "_best_ema": np.float64(0.25)}, path)
+    with zipfile.ZipFile(path) as archive:
+        entries = {info: archive.read(info.filename) for info in archive.infolist()}
+    with zipfile.ZipFile(path, "w") as archive:
+        for info, data in entries.items():
+            if info.filename.endswith("data.pkl"):
+                assert b"numpy._core.multiarray" in data
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            archive.writestr(info, data)
+    checkpoint = load_checkpoint_file(str(path))
+    assert checkpoint["_best_ema"] == 0.25 and torch.equal(checkpoint["network_weights"]["w"], torch.ones(2))
 
 
 def test_missing_and_foreign_files_are_named(tmp_path):
