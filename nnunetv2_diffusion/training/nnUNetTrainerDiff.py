@@ -145,7 +145,10 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
         if not self.is_cascaded:
             return
         folder = self.folder_with_segs_from_previous_stage
-        present = {name.split(".")[0] for name in os.listdir(folder)} if os.path.isdir(folder) else set()
+        # identifiers may hold dots (e.g. DICOM UIDs): strip only the endings nnU-Net's datasets read
+        endings = (".b2nd", ".npz", ".npy")
+        present = {name[:-len(e)] for name in (os.listdir(folder) if os.path.isdir(folder) else [])
+                   for e in endings if name.endswith(e)}
         training, validation = self.do_split()
         missing = sorted((set(training) | set(validation)) - present)
         if missing:

@@ -51,7 +51,7 @@ def test_the_cascade_stage_trains_with_the_previous_stage_channels(nnunet_env, t
 
 def test_missing_previous_stage_predictions_stop_training_naming_the_folder(nnunet_env, monkeypatch):
     trainer = make_trainer(nnUNetTrainerDiffRecycle, plans=cascade_plans(), configuration="3d_cascade_fullres")
-    monkeypatch.setattr(trainer, "do_split", lambda: (["case_a", "case_b"], ["case_c"]))
+    monkeypatch.setattr(trainer, "do_split", lambda: (["case_a", "1.2.840.7"], ["case_c"]))
     folder = trainer.folder_with_segs_from_previous_stage
     assert folder.endswith(os.path.join("nnUNetTrainerDiffRecycle__nnUNetPlans__3d_lowres", "predicted_next_stage",
                                         "3d_cascade_fullres"))
@@ -60,9 +60,9 @@ def test_missing_previous_stage_predictions_stop_training_naming_the_folder(nnun
     os.makedirs(folder)
     for case in ("case_a", "case_c"):
         open(os.path.join(folder, f"{case}.npz"), "w").close()
-    with pytest.raises(FileNotFoundError, match=r"of 1 case\(s\), e.g. .*case_b"):
+    with pytest.raises(FileNotFoundError, match=r"of 1 case\(s\), e.g. .*1\.2\.840\.7"):
         trainer.check_previous_stage_predictions()
-    open(os.path.join(folder, "case_b.npz"), "w").close()
+    open(os.path.join(folder, "1.2.840.7.b2nd"), "w").close()  # identifiers may hold dots (DICOM UIDs)
     trainer.check_previous_stage_predictions()
 
 
