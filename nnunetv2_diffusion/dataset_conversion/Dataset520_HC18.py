@@ -234,7 +234,11 @@ def read_pixel_csv(source_folder: str) -> dict[str, tuple[float, float]] | None:
         for row in csv.reader(f):
             if not row or not row[0].endswith(".png"):
                 continue  # header
-            table[row[0]] = (float(row[1]), float(row[2]))
+            try:
+                table[row[0]] = (float(row[1]), float(row[2]))
+            except (IndexError, ValueError):
+                raise DatasetConversionError(row[0], f"{path}: pixel size and head circumference must be numbers, "
+                                                     f"the row is {row}") from None
     return table
 
 

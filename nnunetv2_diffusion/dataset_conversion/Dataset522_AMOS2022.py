@@ -31,7 +31,6 @@ imagesTr and form the validation set of a single fold 0 in ``splits_final.json``
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
@@ -41,6 +40,7 @@ from nnunetv2_diffusion.dataset_conversion._common import (
     RawDatasetWriter,
     build_parser,
     convert_nifti_case,
+    read_source_json,
     require_dir,
     run_conversion,
     summarise_flags,
@@ -79,8 +79,7 @@ def read_source_index(source_folder: str) -> tuple[list[str], list[str], dict[st
         val_dir = os.path.join(source_folder, "imagesVa")
         val = [f[:-len(".nii.gz")] for f in visible_files(val_dir, ".nii.gz")] if os.path.isdir(val_dir) else []
         return train, val, {n: i for i, n in enumerate(LABEL_NAMES)}
-    with open(path) as f:
-        meta = json.load(f)
+    meta = read_source_json(path, ("labels",))
     labels = {str(v): int(k) for k, v in meta["labels"].items()}
     if sorted(labels.values()) != list(range(len(LABEL_NAMES))):
         raise DatasetConversionError("dataset.json", f"labels {meta['labels']} are not the documented 0..15")

@@ -21,7 +21,6 @@ splits_final.json (one scan per patient; nnU-Net's 5-fold cross-validation appli
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -38,6 +37,7 @@ from nnunetv2_diffusion.dataset_conversion._common import (
     checked_label_array,
     image_like,
     read_image,
+    read_source_json,
     read_voxels,
     require_dir,
     run_conversion,
@@ -78,8 +78,7 @@ def read_source_index(source_folder: str) -> tuple[list[str], list[str], dict, d
         train = [f[:-len(".nii.gz")] for f in visible_files(os.path.join(source_folder, "imagesTr"), ".nii.gz")]
         test = [f[:-len(".nii.gz")] for f in visible_files(list_dir, ".nii.gz")] if os.path.isdir(list_dir) else []
         return train, test, dict(CHANNELS), dict(LABELS)
-    with open(path) as f:
-        meta = json.load(f)
+    meta = read_source_json(path, ("training",))
 
     def stem(entry) -> str:
         return os.path.basename(entry["image"] if isinstance(entry, dict) else entry)[:-len(".nii.gz")]

@@ -59,6 +59,20 @@ def visible_files(folder: str, suffix: str) -> list[str]:
                   and os.path.isfile(os.path.join(folder, f)))
 
 
+def read_source_json(path: str, required: Sequence[str]) -> dict:
+    """A source dataset's JSON index; DatasetConversionError naming the file when it is not valid JSON or lacks one of
+    the ``required`` keys."""
+    try:
+        with open(path) as f:
+            content = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetConversionError(path, f"cannot be read as JSON ({e})") from None
+    missing = [key for key in required if not isinstance(content, dict) or key not in content]
+    if missing:
+        raise DatasetConversionError(path, f"has no {', '.join(map(repr, missing))}")
+    return content
+
+
 def require_dir(path: str, what: str) -> str:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{what} not found: {path}")
@@ -254,7 +268,7 @@ class RawDatasetWriter:
         self.overwrite = overwrite
         self.raw_root = nnunet_root(raw_root, "nnUNet_raw")
         if self.raw_root is None:
-            raise RuntimeError("nnUNet_raw is not set: export nnUNet_raw=<folder> or pass raw_root")
+            raise RuntimeError("nnUNet_raw is not set: export nnUNet_raw=<folder>")
         self.preprocessed_root = nnunet_root(preprocessed_root, "nnUNet_preprocessed")
         self.folder = os.path.join(self.raw_root, self.name)
         self.writes_splits = writes_splits
@@ -441,12 +455,13 @@ def summarise_flags(flags: dict[str, dict]) -> dict[str, list[str]]:
 
 
 def run_conversion(parser: argparse.ArgumentParser, convert: Callable[[], str]) -> str:
-    """Calls ``convert`` for a script's ``main``: bad input (:class:`DatasetConversionError`, an existing target or a
-    missing source folder) ends the command like ``parser.error`` does, with one line on stderr and exit status 1;
-    nothing has been written then (the staging folder is removed on the way out)."""
+    """Calls ``convert`` for a script's ``main``: bad input (:class:`DatasetConversionError`, an existing target, a
+    missing source folder, an out-of-range option such as ``-d 1000``, ``nnUNet_raw`` unset) ends the command like
+    ``parser.error`` does, with one line on stderr and exit status 1; nothing has been written then (the staging
+    folder is removed on the way out)."""
     try:
         return convert()
-    except (DatasetConversionError, FileExistsError, FileNotFoundError) as e:
+    except (ValueError, RuntimeError, FileExistsError, FileNotFoundError) as e:
         parser.exit(1, f"{parser.prog}: error: {e}\n")
 
 

@@ -79,3 +79,29 @@ def test_label_outside_documented_set(tmp_path):
     sitk.WriteImage(bad, str(source / "labelsVa" / "amos_0013.nii.gz"))
     with pytest.raises(DatasetConversionError, match=r"amos_0013.*\[16\]"):
         amos.convert_amos2022(str(source), raw_root=str(tmp_path / "raw"), preprocessed_root=str(tmp_path / "pre"))
+
+
+@pytest.mark.parametrize("content,message", [
+    ("{not json", "cannot be read as JSON"),
+    (json.dumps({"name": "AMOS", "training": []}), "has no 'labels'"),
+])
+def test_a_broken_source_dataset_json_is_named_in_one_line(tmp_path, capsys, content, message, nnunet_env):
+    source = make_source(tmp_path / "source")
+    (source / "dataset.json").write_text(content)
+    with pytest.raises(SystemExit) as stopped:
+        amos.main(["-i", str(source)])
+    error = capsys.readouterr().err
+    assert stopped.value.code == 1 and error.count("\n") == 1 and "Traceback" not in error
+    assert f"{source / 'dataset.json'}: {message}" in error
+    assert os.listdir(nnunet_env["nnUNet_raw"]) == []
+
+
+def test_an_out_of_range_id_or_unset_nnunet_raw_is_one_line(tmp_path, capsys, monkeypatch):
+    source = make_source(tmp_path / "source")
+    with pytest.raises(SystemExit):
+        amos.main(["-i", str(source), "-d", "1000"])
+    assert capsys.readouterr().err.endswith("error: nnU-Net dataset ids are 1..999, got 1000\n")
+    monkeypatch.delenv("nnUNet_raw", raising=False)
+    with pytest.raises(SystemExit):
+        amos.main(["-i", str(source)])
+    assert capsys.readouterr().err.endswith("error: nnUNet_raw is not set: export nnUNet_raw=<folder>\n")

@@ -213,3 +213,17 @@ def test_command_line_reports_bad_input_in_one_line(tmp_path, capsys, nnunet_env
     assert error.endswith("error: case 000_HC: image is constant (every voxel is 40): zero variance, no intensity to "
                           "segment from\n")
     assert os.listdir(nnunet_env["nnUNet_raw"]) == []
+
+
+def test_a_pixel_size_that_is_not_a_number_is_named(tmp_path, capsys, nnunet_env):
+    source = make_source(tmp_path / "source")
+    table = source / "training_set_pixel_size_and_HC.csv"
+    lines = table.read_text().splitlines()
+    lines[1] = lines[1].split(",")[0] + ",n/a,44.3"
+    table.write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit):
+        hc18.main(["-i", str(source), "-d", "902"])
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert f"{table}: pixel size and head circumference must be numbers" in error
+    assert os.listdir(nnunet_env["nnUNet_raw"]) == []
