@@ -4,8 +4,9 @@
 #   train xT-recycling diffusion and stock nnU-Net for 300 iterations each -> predict the held-out test split with
 #   our nnUNetv2_predict_diffusion (diffusion alone, and ensembled with stock) and stock nnUNetv2_predict (stock) ->
 #   print mean test Dice of each from nnU-Net's evaluator.
-# Finished conversion, preprocessing and trainings are skipped when run again; prediction and evaluation rerun. Data and results go to $NNUNETV2_DIFFUSION_WORK (default
-# <repo>/nnunet_data); set DEVICE=cuda on a GPU machine; BUDGET=_10iters gives a smoke run of a few minutes.
+# Finished conversion, preprocessing and trainings are skipped when run again; prediction and evaluation rerun.
+# Data and results go to $NNUNETV2_DIFFUSION_WORK (default <repo>/nnunet_data); set DEVICE=cuda on a GPU machine;
+# BUDGET=_10iters gives a smoke run of a few minutes.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 venv=$("$repo/scripts/setup_env.sh" | tail -n 1)
