@@ -110,6 +110,7 @@ def convert_pelvic_mr(source_folder: str, dataset_id: int = DATASET_ID, overwrit
                                             _find_file(data_dir, f"{key}_mask", key), LABELS.values(),
                                             test=key in test_set)
         writer.write_dataset_json({"0": "T2"}, LABELS, citation=CITATION, reference="https://zenodo.org/record/7013610",
+                                  license="see the source record, https://zenodo.org/record/7013610",
                                   description="Male pelvic T2 MR from seven studies; split per institution as in "
                                               "ImgX-DiffSeg")
         report = {"dataset": writer.name, "source": os.path.abspath(source_folder),

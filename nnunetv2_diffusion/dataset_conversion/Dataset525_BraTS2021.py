@@ -53,6 +53,7 @@ from nnunetv2_diffusion.dataset_conversion._common import (
     visible_files,
 )
 
+LICENSE = "the BraTS 2021 data use terms, see https://www.synapse.org/#!Synapse:syn25829067"
 DATASET_ID = 525
 DATASET_ID_WHOLE_TUMOUR = 526
 MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -140,12 +141,12 @@ def convert_brats2021(source_folder: str, dataset_id: int | None = None, overwri
         channels = {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"}
         if whole_tumour:
             writer.write_dataset_json(channels, {"background": 0, "whole tumour": 1}, citation=CITATION,
-                                      reference="https://www.synapse.org/#!Synapse:syn25829067",
+                                      reference="https://www.synapse.org/#!Synapse:syn25829067", license=LICENSE,
                                       description="BraTS 2021 training cases, binary whole tumour (labels 1, 2, 4)")
         else:
             writer.write_dataset_json(channels, REGION_LABELS, citation=CITATION,
                                       regions_class_order=REGIONS_CLASS_ORDER,
-                                      reference="https://www.synapse.org/#!Synapse:syn25829067",
+                                      reference="https://www.synapse.org/#!Synapse:syn25829067", license=LICENSE,
                                       description="BraTS 2021 training cases; labels remapped ED 2->1, NCR 1->2, "
                                                   "ET 4->3; convert back with convert_labels_back_to_brats")
         report = {"dataset": writer.name, "source": os.path.abspath(source_folder), "whole_tumour": whole_tumour,
