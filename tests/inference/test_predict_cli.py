@@ -14,6 +14,7 @@ import torch
 from inference_fixtures import write_model_folder, write_raw_case
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunetv2_diffusion.inference import predict_entry_point
 from nnunetv2_diffusion.inference.predict_entry_point import build_parser, predict_diffusion_entry_point
 from nnunetv2_diffusion.inference.predictor import nnUNetDiffusionPredictor
 from nnunetv2_diffusion.training import nnUNetTrainerDiffRecycle_10iters
@@ -116,6 +117,46 @@ def test_bad_options_are_refused_before_any_case(models, extra, expected):
     message = _refusal(models["base"] + extra)
     assert expected in message
     assert not models["out"].exists()
+
+
+def test_every_option_reaches_the_predictor(models, monkeypatch, tmp_path):
+    """What the command hands the predictor, option by option (each value differs from its default)."""
+    calls = {}
+
+    class RecordingPredictor:
+        def __init__(self, **kwargs):
+            calls["init"] = kwargs
+
+        def initialize_from_trained_model_folder(self, folder, folds, checkpoint_name):
+            calls["model"] = (folder, folds, checkpoint_name)
+
+        def initialize_ensemble_model(self, folder, folds, checkpoint_name):
+            calls["ensemble"] = (folder, folds, checkpoint_name)
+
+        def predict_from_files(self, *args, **kwargs):
+            calls["predict"] = (args, kwargs)
+
+    monkeypatch.setattr(predict_entry_point, "nnUNetDiffusionPredictor", RecordingPredictor)
+    predict_diffusion_entry_point(models["base"] + [  # the later -npp/-nps replace the base's
+        "-step_size", "0.25", "--disable_tta", "--verbose", "--disable_progress_bar", "--not_on_device",
+        "--sampler", "ddim", "--steps", "3", "--eta", "0.5", "--seed", "7", "--num_samples", "4",
+        "--sample_batch", "2", "--save_steps", "--save_samples", "--ensemble_weight", "0.3",
+        "--ensemble_with", models["stock"], "-chk", "checkpoint_best.pth", "--save_probabilities",
+        "--continue_prediction", "-npp", "2", "-nps", "3", "-prev_stage_predictions", str(tmp_path),
+        "-num_parts", "3", "-part_id", "1"])
+    init = calls["init"]
+    assert init["tile_step_size"] == 0.25 and init["use_mirroring"] is False and init["verbose"] is True
+    assert init["allow_tqdm"] is False and init["perform_everything_on_device"] is False
+    assert (init["sampler"], init["steps"], init["eta"], init["seed"]) == ("ddim", 3, 0.5, 7)
+    assert (init["num_samples"], init["sample_batch"], init["ensemble_weight"]) == (4, 2, 0.3)
+    assert init["save_steps"] is True and init["save_samples"] is True
+    assert calls["model"] == (models["diffusion"], [0], "checkpoint_best.pth")
+    assert calls["ensemble"] == (models["stock"], [0], "checkpoint_best.pth")
+    args, kwargs = calls["predict"]
+    assert args == (models["base"][1], str(models["out"]))
+    assert kwargs == {"save_probabilities": True, "overwrite": False, "num_processes_preprocessing": 2,
+                      "num_processes_segmentation_export": 3, "folder_with_segs_from_prev_stage": str(tmp_path),
+                      "num_parts": 3, "part_id": 1}
 
 
 def test_a_stock_model_folder_is_not_a_diffusion_model(models):
