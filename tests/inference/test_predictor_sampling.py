@@ -246,8 +246,9 @@ def test_stock_predictor_on_a_diffusion_model_repeats_exactly(nnunet_env):
     torch.manual_seed(123)  # the global generator no longer matters
     second = predictor.predict_logits_from_preprocessed_data(data)
     assert torch.equal(first, second)
-    other = predictor.predict_logits_from_preprocessed_data(data.flip(-1))
-    assert not torch.equal(other.flip(-1), first)  # the noise does depend on the content
+    # that the seed is the tile's content hash is pinned by test_diffusion_unet.py::
+    # test_image_only_call_is_the_tile_seeded_reverse_process_in_log_space (a flipped-image comparison here cannot
+    # tell content-seeded noise from a fixed noise field: the network is not flip-equivariant either way)
 
 
 def test_a_fold_samples_the_same_noise_alone_or_beside_other_folds(nnunet_env):
