@@ -80,6 +80,22 @@ def test_maps_and_table_are_written_in_the_input_geometry(nnunet_env, tmp_path):
     assert 0 <= float(rows[0]["c2_uncertainty"]) <= 1
 
 
+def test_the_mutual_information_map_is_the_entropy_of_the_mean_minus_the_mean_entropy(nnunet_env, tmp_path):
+    """On the plans' grid (no resampling on export) the written map is H(mean p) - mean_k H(p_k) of the samples."""
+    folder = write_model_folder(nnunet_env["nnUNet_results"], nnUNetTrainerDiffRecycle_10iters)
+    write_raw_case(tmp_path / "in", "case", (36, 40))
+    out = tmp_path / "out"
+    _predictor(folder, num_samples=3, steps=2, save_samples=True).predict_from_files_sequential(
+        str(tmp_path / "in"), str(out), save_probabilities=True)
+    samples = [np.load(out / "samples" / f"case_sample{k}.npz")["probabilities"] for k in (1, 2, 3)]
+    expected = entropy_of_probabilities(np.mean(samples, 0)) - np.mean([entropy_of_probabilities(p) for p in samples],
+                                                                       0)
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "uncertainty" / "case_mutual_information.nii.gz")))
+    np.testing.assert_allclose(written, expected, atol=1e-4)
+    total = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "uncertainty" / "case_entropy.nii.gz")))
+    assert expected.max() > 1e-3 and (total - written).max() > 1e-3  # neither map is the other
+
+
 def test_volume_per_voxel_leaves_out_the_nominal_axis_of_2d_images():
     assert volume_per_voxel((0.8, 1.25, 2.0), (30, 40, 50)) == pytest.approx(2.0)
     assert volume_per_voxel((999, 1, 1), (1, 135, 200)) == 1.0  # PNG: the volume is the pixel area
