@@ -71,7 +71,7 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
         self.diffusion_config()
         plans_manager = PlansManager(plans)
         self._check_supported_labels(plans_manager.get_label_manager(dataset_json))
-        self._check_world_size(plans_manager.get_configuration(configuration).batch_size, configuration)
+        self._check_distributed(plans_manager.get_configuration(configuration), configuration)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.diffusion = GaussianDiffusion.from_schedule(self.noise_schedule, self.num_diffusion_timesteps)
         self.timestep_sampler = make_timestep_sampler(self.timestep_sampling, num_timesteps=self.num_loss_timesteps)
@@ -121,14 +121,23 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
                              f". Use the 'dice_ce' variant (nnU-Net's loss handles both).")
 
     @classmethod
-    def _check_world_size(cls, batch_size: int, configuration: str) -> None:
-        """Under DDP every rank needs at least one sample; nnU-Net would stop each rank with an assertion."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            world_size = torch.distributed.get_world_size()
-            if batch_size < world_size:
-                raise ValueError(f"{cls.__name__}: -num_gpus {world_size} needs a batch of at least {world_size}, "
-                                 f"but configuration {configuration} has batch_size {batch_size} in the plans; use "
-                                 f"fewer GPUs or a configuration with a larger batch (plans 'inherits_from')")
+    def _check_distributed(cls, configuration_manager, configuration: str) -> None:
+        """Under DDP every rank needs at least one sample (nnU-Net would stop each rank with an assertion), and
+        BatchNorm plans cannot be trained with 'block' conditioning or self-conditioning: nnU-Net converts BatchNorm
+        to SyncBatchNorm, which drops the FiLM hooks 'block' puts on the norms, and the self-conditioning pass runs on
+        some ranks only, where SyncBatchNorm's collectives would leave the ranks waiting for each other."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        world_size, batch_size = torch.distributed.get_world_size(), configuration_manager.batch_size
+        if batch_size < world_size:
+            raise ValueError(f"{cls.__name__}: -num_gpus {world_size} needs a batch of at least {world_size}, "
+                             f"but configuration {configuration} has batch_size {batch_size} in the plans; use "
+                             f"fewer GPUs or a configuration with a larger batch (plans 'inherits_from')")
+        norm = str(configuration_manager.network_arch_init_kwargs.get("norm_op", ""))
+        if "BatchNorm" in norm and (cls.conditioning == "block" or cls.self_conditioning):
+            raise ValueError(f"{cls.__name__}: configuration {configuration} normalises with {norm}, which nnU-Net "
+                             f"turns into SyncBatchNorm under -num_gpus {world_size}; 'block' conditioning and "
+                             f"self-conditioning do not work with it. Train on one GPU, or with InstanceNorm plans")
 
     def initialize(self):
         super().initialize()

@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 import torch
 from nnunet_fixtures import dataset_json, make_trainer, random_batch, tiny_plans
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunetv2_diffusion.training import nnUNetTrainerDiffRecycle
+from nnunetv2_diffusion.training import (
+    nnUNetTrainerDiffRecycle,
+    nnUNetTrainerDiffRecycle_blockFiLM,
+    nnUNetTrainerDiffSelfCond,
+)
 from nnunetv2_diffusion.training.batch_checks import TrainingDataError
 
 
@@ -59,6 +64,19 @@ def test_a_bad_batch_names_its_case_before_the_network_sees_it(damage, message):
 def test_a_good_batch_passes_the_checks():
     trainer = make_trainer(nnUNetTrainerDiffRecycle)
     assert np.isfinite(trainer.train_step({**random_batch(trainer), "keys": ["case_a", "case_b"]})["loss"])
+
+
+@pytest.mark.parametrize("trainer_class", [nnUNetTrainerDiffRecycle_blockFiLM, nnUNetTrainerDiffSelfCond])
+def test_batchnorm_plans_under_ddp_are_refused_where_syncbatchnorm_breaks_them(nnunet_env, monkeypatch,
+                                                                               trainer_class):
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    plans = tiny_plans()
+    plans["configurations"]["2d"]["architecture"]["arch_kwargs"]["norm_op"] = "torch.nn.modules.batchnorm.BatchNorm2d"
+    with pytest.raises(ValueError, match="BatchNorm2d, which nnU-Net turns into SyncBatchNorm under -num_gpus 2"):
+        trainer_class(plans, "2d", 0, dataset_json(), torch.device("cpu"))
+    # 'stage' conditioning without the estimate pass passes the check (a trainer cannot be built on a fake group)
+    nnUNetTrainerDiffRecycle._check_distributed(PlansManager(plans).get_configuration("2d"), "2d")
 
 
 def test_more_ranks_than_samples_is_refused_with_one_message(nnunet_env, monkeypatch):
