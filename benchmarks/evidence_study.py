@@ -14,6 +14,8 @@ evaluation is kept under --work and skipped when run again, so the study can be 
         --budget_replicates 2   # another replicate, numbered after the committed ones
     .venv/bin/python benchmarks/evidence_study.py --dataset hippocampus --stage budget_curve --budgets 5000 \
         --budget_replicates 6 --budget_stock_replicates 2   # the longest CPU point, 100 epochs each (then 7, 8, 10, 12)
+    .venv/bin/python benchmarks/evidence_study.py --dataset hc18 --stage budget_curve --budgets 2000 \
+        --budget_stock_replicates 2   # HC18's larger point: its iterations cost about 4x Hippocampus's on the CPU
     .venv/bin/python benchmarks/evidence_study.py --dataset hc18 --only_replicates 1   # one more, after a lost work
 
 ``--only_replicates`` works on the named replicates alone: their results join the committed ones of the others.
