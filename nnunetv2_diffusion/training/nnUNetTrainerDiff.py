@@ -287,7 +287,8 @@ class nnUNetTrainerDiff(FiniteLossMixin, SafeCheckpointMixin, nnUNetTrainer):
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             loss = self.diffusion_loss(self.diffusion_forward(data, target), target)
-        self.ensure_finite_loss(loss)  # before backward: NaN never reaches the weights
+        if not self.ensure_finite_loss(loss):  # before backward: NaN never reaches the weights
+            return {"loss": loss.detach().cpu().numpy()}  # a skipped fp16 step, as stock nnU-Net's GradScaler does
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)

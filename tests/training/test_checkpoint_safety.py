@@ -13,7 +13,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunetv2_diffusion.checkpoint_io import CheckpointError, load_checkpoint_file
 from nnunetv2_diffusion.training import nnUNetTrainerDiffRecycle
-from nnunetv2_diffusion.training.loss_guard import NonFiniteLossError
+from nnunetv2_diffusion.training.loss_guard import MAX_SKIPPED_STEPS, NonFiniteLossError
 
 
 @pytest.fixture
@@ -151,3 +151,21 @@ def test_non_finite_loss_stops_training_naming_epoch_and_iteration(trainer):
     # NaN never applied, and no optimiser step taken (its momentum would carry the NaN into the next step)
     assert not trainer.optimizer.state_dict()["state"]
     assert all(torch.equal(a, b) for a, b in zip(weights, trainer.network.parameters(), strict=True))
+
+
+def test_under_mixed_precision_a_few_non_finite_losses_are_skipped_like_stock(trainer):
+    """fp16 forward passes can overflow once; stock nnU-Net's GradScaler skips that step."""
+    trainer.grad_scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    batch = random_batch(trainer)
+    finite_loss = trainer.loss
+    trainer.loss = lambda output, target: output[0].sum() * float("nan")
+    weights = [p.detach().clone() for p in trainer.network.parameters()]
+    for skipped in range(1, MAX_SKIPPED_STEPS):
+        assert np.isnan(trainer.train_step(batch)["loss"]) and trainer._skipped_in_a_row == skipped
+    assert not trainer.optimizer.state_dict()["state"]  # no step taken
+    assert all(torch.equal(a, b) for a, b in zip(weights, trainer.network.parameters(), strict=True))
+    with pytest.raises(NonFiniteLossError, match=f"the {MAX_SKIPPED_STEPS}th in a row"):
+        trainer.train_step(batch)
+    trainer.loss = finite_loss  # a finite step resets the count
+    trainer._skipped_in_a_row = MAX_SKIPPED_STEPS - 1
+    assert np.isfinite(trainer.train_step(batch)["loss"]) and trainer._skipped_in_a_row == 0
