@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -288,10 +289,13 @@ class RawDatasetWriter:
                                       f"choose another id with -d")
         if os.path.exists(self.folder) and not self.overwrite:
             raise FileExistsError(f"{self.folder} exists; pass overwrite=True (--overwrite) to replace it")
-        if self.writes_splits and self.preprocessed_root is not None and not self.overwrite:
-            splits = os.path.join(self.preprocessed_root, self.name, SPLITS_FILE)
-            if os.path.exists(splits):
+        splits = os.path.join(self.preprocessed_root, self.name, SPLITS_FILE) if self.preprocessed_root else None
+        if splits is not None and os.path.exists(splits):
+            if self.writes_splits and not self.overwrite:
                 raise FileExistsError(f"{splits} exists; pass overwrite=True (--overwrite) to replace it")
+            if not self.writes_splits:  # kept (it may be the user's own), but nnU-Net will train on it
+                print(f"warning: {splits} exists and this conversion writes no split: nnU-Net will keep using it; "
+                      f"delete it for nnU-Net's random 5-fold split", file=sys.stderr)
 
     def __enter__(self) -> RawDatasetWriter:
         os.makedirs(self.raw_root, exist_ok=True)

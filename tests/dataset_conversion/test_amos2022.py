@@ -105,3 +105,15 @@ def test_an_out_of_range_id_or_unset_nnunet_raw_is_one_line(tmp_path, capsys, mo
     with pytest.raises(SystemExit):
         amos.main(["-i", str(source)])
     assert capsys.readouterr().err.endswith("error: nnUNet_raw is not set: export nnUNet_raw=<folder>\n")
+
+
+def test_a_split_left_by_an_earlier_conversion_is_kept_and_named(tmp_path, capsys):
+    source = make_source(tmp_path / "source")
+    roots = {"raw_root": str(tmp_path / "raw"), "preprocessed_root": str(tmp_path / "pre")}
+    amos.convert_amos2022(str(source), paper_validation=True, **roots)
+    splits = tmp_path / "pre" / "Dataset522_AMOS2022" / "splits_final.json"
+    written = splits.read_text()
+    capsys.readouterr()
+    amos.convert_amos2022(str(source), overwrite=True, **roots)  # no split this time
+    assert splits.read_text() == written  # the user's file stays
+    assert f"warning: {splits} exists and this conversion writes no split" in capsys.readouterr().err
