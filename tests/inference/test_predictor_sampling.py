@@ -259,3 +259,13 @@ def test_a_fold_samples_the_same_noise_alone_or_beside_other_folds(nnunet_env):
     alone = _predictor(folder, folds=(1,), save_samples=True, use_mirroring=False).predict_case(data)
     assert torch.equal(alone.sample_probabilities[0], both.sample_probabilities[1])
     assert not torch.allclose(both.sample_probabilities[0], both.sample_probabilities[1])
+
+
+def test_without_a_seed_every_run_draws_fresh_noise(nnunet_env):
+    folder = write_model_folder(nnunet_env["nnUNet_results"], nnUNetTrainerDiffRecycle_10iters)
+    data = torch.randn(1, 1, 36, 36, generator=torch.Generator().manual_seed(4))
+    predictor = _predictor(folder, seed=None)
+    first, second = (predictor.predict_case(data).probabilities for _ in range(2))
+    assert (first - second).abs().max() > 1e-4
+    seeded = _predictor(folder, seed=0)
+    assert torch.equal(seeded.predict_case(data).probabilities, seeded.predict_case(data).probabilities)

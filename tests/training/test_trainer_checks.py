@@ -46,6 +46,7 @@ def test_invalid_diffusion_settings_are_refused_with_the_trainer_name(attribute,
     ("nan_image", r"training case\(s\) case_b in .*: image holds NaN or infinite values"),
     ("label_3", r"training case\(s\) case_b in .*: label values \[3.0\] are not class ids 0..2"),
     ("negative_label", r"training case\(s\) case_b in .*: label values \[-1.0\] are not class ids 0..2"),
+    ("fractional_label", r"training case\(s\) case_b in .*: label values \[1.5\] are not class ids 0..2"),
 ])
 def test_a_bad_batch_names_its_case_before_the_network_sees_it(damage, message):
     trainer = make_trainer(nnUNetTrainerDiffRecycle)
@@ -53,7 +54,7 @@ def test_a_bad_batch_names_its_case_before_the_network_sees_it(damage, message):
     if damage == "nan_image":
         batch["data"][1, 0, 3, 4] = float("nan")
     else:
-        batch["target"][0][1, 0, 5, 6] = 3 if damage == "label_3" else -1
+        batch["target"][0][1, 0, 5, 6] = {"label_3": 3, "negative_label": -1, "fractional_label": 1.5}[damage]
     before = [p.clone() for p in trainer.network.parameters()]
     for step in (trainer.train_step, trainer.validation_step):
         with pytest.raises(TrainingDataError, match=message):

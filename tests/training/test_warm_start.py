@@ -107,3 +107,14 @@ def test_a_diffusion_checkpoint_gives_its_weights_but_not_its_settings(tmp_path)
     for key, value in source.network.state_dict().items():
         if key != "_extra_state":
             assert torch.equal(trainer.network.state_dict()[key], value), key
+
+
+def test_a_diffusion_checkpoint_of_another_conditioning_is_refused_naming_it(tmp_path):
+    source = make_trainer(nnUNetTrainerDiffRecycle, deep_supervision=False)  # 'stage' conditioning
+    path = os.path.join(tmp_path, "stage_checkpoint_final.pth")
+    torch.save({"network_weights": source.network.state_dict(), "init_args": source.my_init_kwargs,
+                "trainer_name": "nnUNetTrainerDiffRecycle"}, path)
+    trainer = make_trainer(nnUNetTrainerDiffRecycle_blockFiLM, deep_supervision=False)
+    with pytest.raises(WarmStartError, match=f"-pretrained_weights {path} does not fit this diffusion network: "
+                                             f"checkpoint and network disagree on conditioning"):
+        maybe_load_checkpoint(trainer, False, False, path)
