@@ -10,7 +10,7 @@ module-level and take only picklable arguments.
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import nibabel
 import numpy as np
@@ -46,6 +46,16 @@ def temporary_name(output_file_truncated: str) -> Iterator[str]:
         for name in os.listdir(folder):
             if name.startswith(prefix + "."):
                 os.remove(os.path.join(folder, name))
+
+
+def write_atomically(path: str, write: Callable[[str], None]) -> str:
+    """``write(temporary)`` to a temporary file under ``.partial`` whose name ends like ``path`` (writers choose the
+    format from the ending), then renamed to ``path``; returns ``path``."""
+    with temporary_name(path) as temporary:
+        staged = f"{temporary}.{os.path.basename(path)}"
+        write(staged)
+        os.replace(staged, path)
+    return path
 
 
 def remove_partial_folder(output_folder: str) -> None:
@@ -117,7 +127,4 @@ def write_float_image(array: np.ndarray, output_file_truncated: str, file_ending
 
         def write(path):
             np.savez_compressed(path, map=array)
-    with temporary_name(output_file_truncated) as temporary:
-        write(temporary + ending)
-        os.replace(temporary + ending, output_file_truncated + ending)
-    return output_file_truncated + ending
+    return write_atomically(output_file_truncated + ending, write)

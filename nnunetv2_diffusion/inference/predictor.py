@@ -45,7 +45,7 @@ from nnunetv2_diffusion.inference.errors import DiffusionPredictorError
 from nnunetv2_diffusion.inference.export import (
     export_prediction_atomically,
     remove_partial_folder,
-    temporary_name,
+    write_atomically,
 )
 from nnunetv2_diffusion.inference.export_jobs import ExportJobs, run_in_order
 from nnunetv2_diffusion.inference.global_step import (
@@ -420,9 +420,9 @@ class nnUNetDiffusionPredictor(nnUNetPredictor):
         folder = output if isinstance(output, str) else os.path.dirname(output[0]) if output else None
         if folder:
             os.makedirs(folder, exist_ok=True)
-            with temporary_name(join(folder, "diffusion_settings")) as temporary:
-                save_json(self.settings(), temporary + ".json", sort_keys=False)
-                os.replace(temporary + ".json", join(folder, "diffusion_settings.json"))
+            settings = self.settings()
+            write_atomically(join(folder, "diffusion_settings.json"), lambda path: save_json(settings, path,
+                                                                                            sort_keys=False))
             remove_partial_folder(folder)
         return super().predict_from_files(list_of_lists_or_source_folder, output, save_probabilities, overwrite,
                                           num_processes_preprocessing, num_processes_segmentation_export,

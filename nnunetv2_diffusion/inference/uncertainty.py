@@ -26,7 +26,7 @@ from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_imag
 from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
 from nnunetv2_diffusion.diffusion.mask_encoding import entropy
-from nnunetv2_diffusion.inference.export import remove_partial_folder, temporary_name, write_float_image
+from nnunetv2_diffusion.inference.export import remove_partial_folder, write_atomically, write_float_image
 
 UNCERTAINTY_TABLE = "uncertainty_per_case.csv"
 SCORES_SUFFIX = "_scores.json"
@@ -113,10 +113,12 @@ def export_uncertainty_maps(logits: np.ndarray, mutual_information: np.ndarray, 
     volume = volume_per_voxel(transposed_spacing(properties, plans_manager), properties["shape_before_cropping"])
     row = {"case": os.path.basename(output_file_truncated),
            **case_scores(segmentation, probabilities, dataset_json["labels"], volume, regions)}
-    with temporary_name(output_file_truncated) as temporary:
-        with open(temporary + ".json", "w") as f:
+
+    def write_row(path: str) -> None:
+        with open(path, "w") as f:
             json.dump(row, f)
-        os.replace(temporary + ".json", f"{output_file_truncated}{SCORES_SUFFIX}")
+
+    write_atomically(f"{output_file_truncated}{SCORES_SUFFIX}", write_row)
     return row
 
 
@@ -129,11 +131,13 @@ def write_uncertainty_table(folder: str) -> str:
             with open(os.path.join(folder, name)) as f:
                 rows.append(json.load(f))
     path = os.path.join(folder, UNCERTAINTY_TABLE)
-    with temporary_name(path) as temporary:
-        with open(temporary + ".csv", "w", newline="") as f:
+
+    def write_table(staged: str) -> None:
+        with open(staged, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(temporary + ".csv", path)
+
+    write_atomically(path, write_table)
     remove_partial_folder(folder)
     return path
