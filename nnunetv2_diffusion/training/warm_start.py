@@ -68,8 +68,8 @@ def load_pretrained_weights(network, fname: str, verbose: bool = False, *, train
             raise WarmStartError(f"-pretrained_weights {fname} does not fit this diffusion network: "
                                  f"{str(e).splitlines()[0]}") from None
         # loading set the checkpoint's diffusion settings; this trainer trains (and its checkpoints record) its own
-        loaded, module.config = module.config, own
-        changed = {k: (v, own.to_dict()[k]) for k, v in loaded.to_dict().items() if own.to_dict()[k] != v}
+        loaded, ours, module.config = module.config.to_dict(), own.to_dict(), own
+        changed = {k: (v, ours[k]) for k, v in loaded.items() if ours[k] != v}
         trainer.print_to_log_file(f"pretrained diffusion weights loaded from {fname}" + (
             f"; its diffusion settings are replaced by this trainer's (checkpoint vs now: {changed})" if changed
             else ""))
