@@ -157,3 +157,30 @@ def test_stock_nnunet_ensemble_accepts_our_probabilities(nnunet_env, tmp_path):
         assert np.array_equal(_read(tmp_path / "ensembled" / f"{case}.nii.gz"), ensembled.argmax(0))
         assert np.allclose(np.load(tmp_path / "w1" / f"{case}.npz")["probabilities"], p_stock, atol=1e-5)
         assert np.array_equal(_read(tmp_path / "w1" / f"{case}.nii.gz"), _read(f"{stock_out}/{case}.nii.gz"))
+
+
+def test_array_api_returns_what_the_file_path_writes(nnunet_env, tmp_path):
+    """nnU-Net's ``predict_from_list_of_npy_arrays`` with no output name: items with ``ofile`` None come back as
+    (segmentation, probabilities) in the input geometry instead of being written, with the same noise as from files."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    folder = write_model_folder(nnunet_env["nnUNet_results"], nnUNetTrainerDiffRecycle_10iters)
+    path = write_raw_case(tmp_path / "in", "case", (40, 44))
+    _predictor(folder, num_samples=2, steps=2).predict_from_files_sequential(
+        str(tmp_path / "in"), str(tmp_path / "out"), save_probabilities=True)
+
+    image, properties = SimpleITKIO().read_images([path])
+    written_before = _files_under(tmp_path)
+    returned = _predictor(folder, num_samples=2, steps=2).predict_from_list_of_npy_arrays(
+        image, None, properties, None, num_processes=1, save_probabilities=True,
+        num_processes_segmentation_export=0)
+    assert len(returned) == 1
+    segmentation, probabilities = returned[0]
+    assert segmentation.shape == image.shape[1:]
+    assert np.array_equal(segmentation, _read(tmp_path / "out" / "case.nii.gz"))
+    assert np.allclose(probabilities, np.load(tmp_path / "out" / "case.npz")["probabilities"], atol=1e-6)
+    assert _files_under(tmp_path) == written_before
+
+
+def _files_under(folder) -> set:
+    return {os.path.join(root, name) for root, _, names in os.walk(folder) for name in names}
