@@ -262,22 +262,32 @@ def record_models(spec: dict, work: str, replicates: list[int]) -> str:
         env = nnunet_env(work, replicate)
         stock = model_folder(env, spec, METHODS["stock"]["trainer"])
         for method, settings in METHODS.items():
-            fold = os.path.join(model_folder(env, spec, settings["trainer"]), "fold_0")
-            summary = os.path.join(fold, "validation", "summary.json")
-            if not os.path.isfile(summary):
-                continue
-            record = {"trainer": settings["trainer"], "iterations": ITERATIONS[method],
-                      "validation_dice": json.load(open(summary))["foreground_mean"]["Dice"]}
-            seconds = training_seconds(fold)
-            if seconds is not None:
-                record["training_seconds"] = seconds
-            choice = read_ensemble_choice(os.path.dirname(fold), stock) if method in DIFFUSION_METHODS else None
-            if choice is not None:
-                record["ensemble_choice"] = choice
-            models.setdefault(method, {})[str(replicate)] = record
+            folder = model_folder(env, spec, settings["trainer"])
+            record = model_record(folder, ITERATIONS[method], stock if method in DIFFUSION_METHODS else None)
+            if record is not None:
+                models.setdefault(method, {})[str(replicate)] = record
     with open(path, "w") as f:
         json.dump(models, f, indent=1, sort_keys=True)
     return path
+
+
+def model_record(folder: str, iterations: int, stock: str | None = None) -> dict | None:
+    """What a trained model folder says of itself: trainer, iterations, final-validation Dice (nnU-Net's
+    summary.json), the study's training wall time and, given its ``stock`` partner, the ensemble weight chosen on
+    validation. None before its final validation exists."""
+    fold = os.path.join(folder, "fold_0")
+    summary = os.path.join(fold, "validation", "summary.json")
+    if not os.path.isfile(summary):
+        return None
+    record = {"trainer": os.path.basename(folder).split("__")[0], "iterations": iterations,
+              "validation_dice": json.load(open(summary))["foreground_mean"]["Dice"]}
+    seconds = training_seconds(fold)
+    if seconds is not None:
+        record["training_seconds"] = seconds
+    choice = read_ensemble_choice(folder, stock) if stock is not None else None
+    if choice is not None:
+        record["ensemble_choice"] = choice
+    return record
 
 
 def budget_curve_models(replicates: list[int], stock_replicates: int = 1) -> list[tuple[str, int]]:
@@ -338,9 +348,32 @@ def budget_curve(spec: dict, work: str, device: str, budgets: list[int], replica
             _seed_ensemble(envs[r], first, second, out)
             rows += _curve_rows(out, test, [folders["stock", r], folders["stock", r + 1]], iterations=iterations,
                                 method="stock_seed_ensemble", replicate=r)
+        record_curve_models(spec, curve_work, iterations, folders)
     path = os.path.join(REPO, "docs", "results", f"evidence_{spec['key']}_budget_curve.csv")
     if rows:
         write_rows(_merged(path, rows, ("iterations", "method", "replicate")), path)
+    return path
+
+
+def record_curve_models(spec: dict, curve_work: str, iterations: int, folders: dict) -> str:
+    """docs/results/evidence_<dataset>_budget_curve_models.json, ``<iterations>`` -> model -> replicate: the
+    :func:`model_record` of each of ``folders`` ((model, replicate) -> model folder; recycling r with its stock r
+    partner's ensemble choice) and the wall time of each of its test predictions (``finished.json``), merged into
+    what earlier runs recorded."""
+    path = os.path.join(REPO, "docs", "results", f"evidence_{spec['key']}_budget_curve_models.json")
+    models = json.load(open(path)) if os.path.isfile(path) else {}
+    for (model, r), folder in folders.items():
+        record = model_record(folder, iterations, folders.get(("stock", r)) if model != "stock" else None)
+        if record is None:
+            continue
+        methods = ("stock",) if model == "stock" else (model, f"ensemble_{model}")
+        for method in methods:
+            marker = os.path.join(prediction_folder(curve_work, r, f"{method}_{iterations}", None), "finished.json")
+            if os.path.isfile(marker):
+                record.setdefault("prediction_seconds", {})[method] = round(json.load(open(marker))["seconds"])
+        models.setdefault(str(iterations), {}).setdefault(model, {})[str(r)] = record
+    with open(path, "w") as f:
+        json.dump(models, f, indent=1, sort_keys=True)
     return path
 
 

@@ -1,6 +1,6 @@
 """The evidence study's bookkeeping: the seed-ensemble control pairs each two stock replicates once, the budget curve
 trains what an ensemble needs first, ensembles are predicted at the weight chosen on validation, and evaluated rows
-carry the fields they are evaluated under now."""
+carry the fields they are evaluated under now; the budget curve commits what each model says of itself."""
 
 import json
 import os
@@ -9,6 +9,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import evidence_study  # noqa: E402
 from benchmark_protocol import evaluate_prediction_folder, prepared_error  # noqa: E402
 from evidence_study import budget_curve_models, diffusion_command, seed_ensemble_pairs  # noqa: E402
 
@@ -85,3 +86,43 @@ def test_a_prepared_work_folder_passes(tmp_path):
     os.makedirs(tmp_path / "nnUNet_preprocessed" / "Dataset527_Hippocampus")
     assert prepared_error(spec, str(tmp_path)) is None
     assert "Dataset999_Other does not exist" in prepared_error({**spec, "name": "Dataset999_Other"}, str(tmp_path))
+
+
+def _trained_model(folder, validation_dice: float, seconds: float | None = None):
+    fold = folder / "fold_0"
+    (fold / "validation").mkdir(parents=True)
+    (fold / "validation" / "summary.json").write_text(json.dumps({"foreground_mean": {"Dice": validation_dice}}))
+    if seconds is not None:
+        (fold / "study_training_time.json").write_text(json.dumps({"seconds": seconds, "continued": False}))
+
+
+def test_budget_curve_records_validation_dice_weights_and_wall_times(tmp_path, monkeypatch):
+    """The budget curve's validation Dice, chosen weights and prediction times are committed with its test rows (they
+    were once only in the work folder, and were lost with it); a later replicate merges into what is recorded."""
+    monkeypatch.setattr(evidence_study, "REPO", str(tmp_path / "repo"))
+    (tmp_path / "repo" / "docs" / "results").mkdir(parents=True)
+    work = tmp_path / "work"
+    stock, recycling = work / "r0" / "nnUNetTrainer_2000iters__P__2d", work / "r0" / "Recycle_2000iters__P__2d"
+    _trained_model(stock, 0.96, seconds=2207.4)
+    _trained_model(recycling, 0.97)  # trained outside the study: no wall time
+    (recycling / "ensemble_choice.json").write_text(json.dumps({os.path.realpath(stock): {"weight": 0.45}}))
+    for method, seconds in (("stock_2000", 80.2), ("ensemble_recycling_block_2000", 120.0)):
+        (work / "predictions" / "replicate_0" / method).mkdir(parents=True)
+        (work / "predictions" / "replicate_0" / method / "finished.json").write_text(json.dumps({"seconds": seconds}))
+    spec = {"key": "hc18"}
+    evidence_study.record_curve_models(spec, str(work), 2000, {("stock", 0): str(stock),
+                                                               ("recycling_block", 0): str(recycling),
+                                                               ("stock", 1): str(work / "r1" / "untrained")})
+    later = work / "r2" / "nnUNetTrainer_2000iters__P__2d"
+    _trained_model(later, 0.95, seconds=100.0)
+    path = evidence_study.record_curve_models(spec, str(work), 2000, {("stock", 2): str(later)})
+
+    recorded = json.load(open(path))["2000"]
+    assert recorded["stock"]["0"] == {"trainer": "nnUNetTrainer_2000iters", "iterations": 2000,
+                                      "validation_dice": 0.96, "training_seconds": 2207,
+                                      "prediction_seconds": {"stock": 80}}
+    assert recorded["stock"]["2"]["validation_dice"] == 0.95 and "1" not in recorded["stock"]
+    block = recorded["recycling_block"]["0"]
+    assert "training_seconds" not in block
+    assert block["ensemble_choice"]["weight"] == 0.45
+    assert block["prediction_seconds"] == {"ensemble_recycling_block": 120}
