@@ -46,11 +46,12 @@ def run(args: list[str], env: dict) -> None:
 def prepared_error(spec: dict, work: str) -> str | None:
     """Why ``work`` (``<--work>/<dataset>``) cannot be used by a stage that needs the prepared dataset, or None.
     Without the check, a --work one level too deep fails deep inside (a dangling symlink, a missing split file)."""
-    prepared = os.path.join(work, "nnUNet_preprocessed", spec["name"])
-    if os.path.isdir(prepared):
-        return None
-    return (f"{prepared} does not exist: prepare the dataset first (--stage prepare of evidence_study.py or "
-            f"paper_claims.py), or give --work the folder that holds {spec['key']}/")
+    for source in ("nnUNet_preprocessed", "nnUNet_raw"):  # the test cases and their labels are read from raw
+        prepared = os.path.join(work, source, spec["name"])
+        if not os.path.isdir(prepared):
+            return (f"{prepared} does not exist: prepare the dataset first (--stage prepare of evidence_study.py or "
+                    f"paper_claims.py), or give --work the folder that holds {spec['key']}/")
+    return None
 
 
 def nnunet_env(work: str, replicate: int) -> dict:

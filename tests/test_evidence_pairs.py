@@ -84,6 +84,9 @@ def test_unprepared_work_folder_is_one_clear_error(script, arguments, tmp_path, 
 def test_a_prepared_work_folder_passes(tmp_path):
     spec = {"name": "Dataset527_Hippocampus", "key": "hippocampus"}
     os.makedirs(tmp_path / "nnUNet_preprocessed" / "Dataset527_Hippocampus")
+    # a work folder whose raw data was deleted later: the test cases' images and labels are gone
+    assert "nnUNet_raw" in prepared_error(spec, str(tmp_path))
+    os.makedirs(tmp_path / "nnUNet_raw" / "Dataset527_Hippocampus")
     assert prepared_error(spec, str(tmp_path)) is None
     assert "Dataset999_Other does not exist" in prepared_error({**spec, "name": "Dataset999_Other"}, str(tmp_path))
 
