@@ -25,7 +25,9 @@ Protocol: the dataset's plans, fixed split and test cases of benchmarks/paper_cl
 (``nnUNetv2_diffusion_choose_ensemble``) before any test case is predicted. No test-time mirroring (CPU budget);
 diffusion models sampled with DDPM and DDIM (eta 0), 5 steps, every step evaluated; Dice from nnU-Net's evaluator and
 HD95 per case; paired Wilcoxon tests over test cases (per-case values averaged over replicates).
-Outputs: docs/results/evidence_<dataset>_cases.csv, docs/results/evidence.json, docs/evidence_<dataset>_*.png.
+Outputs: docs/results/evidence_<dataset>_cases.csv and _models.json, for the budget curve
+docs/results/evidence_<dataset>_budget_curve.csv and _budget_curve_models.json, docs/results/evidence.json,
+docs/evidence_<dataset>_*.png.
 """
 
 import argparse
