@@ -115,10 +115,15 @@ def train_model(spec: dict, work: str, trainer: str, replicate: int, device: str
               open(os.path.join(folder, "fold_0", "study_training_time.json"), "w"))
 
 
+def recorded_seconds(marker: str) -> int | None:
+    """The wall time in seconds a marker JSON records (``_timed``'s ``finished.json``, ``train_model``'s
+    ``study_training_time.json``), rounded; None when there is no marker."""
+    return round(json.load(open(marker))["seconds"]) if os.path.isfile(marker) else None
+
+
 def training_seconds(fold: str) -> int | None:
     """The wall time train_model recorded for ``<model folder>/fold_0``, or None (not trained by the study)."""
-    timing = os.path.join(fold, "study_training_time.json")
-    return round(json.load(open(timing))["seconds"]) if os.path.isfile(timing) else None
+    return recorded_seconds(os.path.join(fold, "study_training_time.json"))
 
 
 def train(spec: dict, work: str, replicates: list[int], device: str, methods: tuple[str, ...]) -> None:
@@ -370,9 +375,10 @@ def record_curve_models(spec: dict, curve_work: str, iterations: int, folders: d
             continue
         methods = ("stock",) if model == "stock" else (model, f"ensemble_{model}")
         for method in methods:
-            marker = os.path.join(prediction_folder(curve_work, r, f"{method}_{iterations}", None), "finished.json")
-            if os.path.isfile(marker):
-                record.setdefault("prediction_seconds", {})[method] = round(json.load(open(marker))["seconds"])
+            seconds = recorded_seconds(os.path.join(prediction_folder(curve_work, r, f"{method}_{iterations}", None),
+                                                    "finished.json"))
+            if seconds is not None:
+                record.setdefault("prediction_seconds", {})[method] = seconds
         models.setdefault(str(iterations), {}).setdefault(model, {})[str(r)] = record
     with open(path, "w") as f:
         json.dump(models, f, indent=1, sort_keys=True)
