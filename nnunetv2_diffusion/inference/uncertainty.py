@@ -23,6 +23,7 @@ import os
 import numpy as np
 import torch
 from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
+from batchgenerators.utilities.file_and_folder_operations import save_json
 from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
 from nnunetv2_diffusion.diffusion.mask_encoding import entropy
@@ -113,12 +114,8 @@ def export_uncertainty_maps(logits: np.ndarray, mutual_information: np.ndarray, 
     volume = volume_per_voxel(transposed_spacing(properties, plans_manager), properties["shape_before_cropping"])
     row = {"case": os.path.basename(output_file_truncated),
            **case_scores(segmentation, probabilities, dataset_json["labels"], volume, regions)}
-
-    def write_row(path: str) -> None:
-        with open(path, "w") as f:
-            json.dump(row, f)
-
-    write_atomically(f"{output_file_truncated}{SCORES_SUFFIX}", write_row)
+    # key order kept: the table's columns follow it
+    write_atomically(f"{output_file_truncated}{SCORES_SUFFIX}", lambda path: save_json(row, path, sort_keys=False))
     return row
 
 

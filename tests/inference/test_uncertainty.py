@@ -75,6 +75,8 @@ def test_maps_and_table_are_written_in_the_input_geometry(nnunet_env, tmp_path):
     with open(out / "uncertainty" / "uncertainty_per_case.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["case"] for r in rows] == ["case0", "case1"]
+    # columns in the order of the labels, each label's volume beside its score
+    assert list(rows[0]) == ["case", "c1_volume", "c1_uncertainty", "c2_volume", "c2_uncertainty"]
     segmentation = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "case0.nii.gz")))
     assert float(rows[0]["c1_volume"]) == pytest.approx((segmentation == 1).sum() * 0.8 * 1.25 * 1.0)
     assert 0 <= float(rows[0]["c2_uncertainty"]) <= 1
