@@ -94,7 +94,7 @@ def _timed(marker: str, function, *arguments) -> None:
     start = time.time()
     function(*arguments)
     os.makedirs(os.path.dirname(marker), exist_ok=True)
-    json.dump({"seconds": time.time() - start}, open(marker, "w"))
+    record_seconds(marker, start)
 
 
 def train_model(spec: dict, work: str, trainer: str, replicate: int, device: str, pretrained: str | None = None):
@@ -111,8 +111,14 @@ def train_model(spec: dict, work: str, trainer: str, replicate: int, device: str
         command += ["-pretrained_weights", pretrained]
     start = time.time()
     run(command, env)
-    json.dump({"seconds": time.time() - start, "continued": "--c" in command},
-              open(os.path.join(folder, "fold_0", "study_training_time.json"), "w"))
+    record_seconds(os.path.join(folder, "fold_0", "study_training_time.json"), start, continued="--c" in command)
+
+
+def record_seconds(marker: str, start: float, **details) -> None:
+    """Writes a marker JSON: the wall time since ``start`` (``time.time()``) and ``details``; read by
+    :func:`recorded_seconds`."""
+    with open(marker, "w") as f:
+        json.dump({"seconds": time.time() - start, **details}, f)
 
 
 def recorded_seconds(marker: str) -> int | None:
@@ -224,7 +230,7 @@ def _seed_ensemble(env: dict, first: str, second: str, out: str) -> None:
     for name in os.listdir(out):  # the per-case exports only; nnUNetv2_ensemble copies its json files too
         if name.endswith(".npz"):
             os.remove(os.path.join(out, name))
-    json.dump({"seconds": time.time() - start, "pair": pair}, open(marker, "w"))
+    record_seconds(marker, start, pair=pair)
 
 
 def evaluate(spec: dict, work: str, replicates: list[int]) -> str:

@@ -5,6 +5,7 @@ carry the fields they are evaluated under now; the budget curve commits what eac
 import json
 import os
 import sys
+import time
 
 import pytest
 
@@ -129,3 +130,16 @@ def test_budget_curve_records_validation_dice_weights_and_wall_times(tmp_path, m
     assert "training_seconds" not in block
     assert block["ensemble_choice"]["weight"] == 0.45
     assert block["prediction_seconds"] == {"ensemble_recycling_block": 120}
+
+
+def test_timing_markers_are_read_back_and_finished_work_is_not_redone(tmp_path):
+    """Every stage resumes by its marker: the wall time written is the one read back, and a marked stage is skipped."""
+    marker = tmp_path / "stage" / "finished.json"
+    calls = []
+    evidence_study._timed(str(marker), calls.append, "ran")
+    evidence_study._timed(str(marker), calls.append, "ran again")
+    assert calls == ["ran"]
+    evidence_study.record_seconds(str(tmp_path / "pair.json"), time.time() - 90.0, pair=["a", "b"])
+    assert json.load(open(tmp_path / "pair.json"))["pair"] == ["a", "b"]
+    assert evidence_study.recorded_seconds(str(tmp_path / "pair.json")) == 90
+    assert evidence_study.recorded_seconds(str(tmp_path / "missing.json")) is None
