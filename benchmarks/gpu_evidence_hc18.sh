@@ -28,8 +28,10 @@ else
 fi
 study=("$py" "$repo/benchmarks/evidence_study.py" --dataset hc18 --work "${WORK:-$repo/benchmark_data/evidence}")
 "${study[@]}" --stage prepare
-"${study[@]}" --stage budget_curve --budgets "$budget" --budget_stock_replicates 2 --parallel_training \
-    --device "$device"
+# replicates 20 and 21: the CPU study's own 5000-iteration replicates (0, 1, ...) keep their rows beside these, and the
+# report's paired_by_replicate "20" is the GPU run alone (its pooled 5000 entry pools both devices)
+"${study[@]}" --stage budget_curve --budgets "$budget" --budget_replicates 20 --budget_stock_replicates 2 \
+    --parallel_training --device "$device"
 "${study[@]}" --stage report
 if [ -n "${OUT:-}" ]; then
     cp "$repo/docs/results/evidence_hc18_budget_curve.csv" "$repo/docs/results/evidence.json" \
