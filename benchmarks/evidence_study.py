@@ -38,6 +38,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import torch
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark_protocol import (  # noqa: E402
     DATASETS,
@@ -105,13 +107,26 @@ def train_model(spec: dict, work: str, trainer: str, replicate: int, device: str
         return
     command = ["nnUNetv2_train", str(spec["id"]), spec["configuration"], "0", "-tr", trainer, "-device", device,
                "--npz"]
-    if os.path.isfile(os.path.join(folder, "fold_0", "checkpoint_latest.pth")):
+    latest = os.path.join(folder, "fold_0", "checkpoint_latest.pth")
+    earlier = 0.0  # seconds of the epochs an interrupted run already trained (its own marker was never written)
+    if os.path.isfile(latest):
         command.append("--c")
+        earlier = trained_epoch_seconds(latest)
     elif pretrained is not None:
         command += ["-pretrained_weights", pretrained]
     start = time.time()
     run(command, env)
-    record_seconds(os.path.join(folder, "fold_0", "study_training_time.json"), start, continued="--c" in command)
+    record_seconds(os.path.join(folder, "fold_0", "study_training_time.json"), start - earlier,
+                   continued="--c" in command, seconds_before_continue=round(earlier))
+
+
+def trained_epoch_seconds(checkpoint: str) -> float:
+    """Seconds the epochs saved in an nnU-Net ``checkpoint`` took, from its logger's epoch start and end times: what
+    a ``--c`` continuation adds to its own wall time for the whole training's (less the interrupted run's start-up and
+    the partial epoch it lost)."""
+    logged = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
+    return sum(end - begin for begin, end in zip(logged["epoch_start_timestamps"], logged["epoch_end_timestamps"],
+                                                 strict=True))
 
 
 def record_seconds(marker: str, start: float, **details) -> None:

@@ -143,3 +143,23 @@ def test_timing_markers_are_read_back_and_finished_work_is_not_redone(tmp_path):
     assert json.load(open(tmp_path / "pair.json"))["pair"] == ["a", "b"]
     assert evidence_study.recorded_seconds(str(tmp_path / "pair.json")) == 90
     assert evidence_study.recorded_seconds(str(tmp_path / "missing.json")) is None
+
+
+def test_a_continued_training_records_the_wall_time_of_all_its_parts(tmp_path, monkeypatch):
+    """A training cut short (by the end of a session) and continued with --c records the earlier part's epochs too, from
+    the times nnU-Net's logger keeps in checkpoint_latest.pth, not only the continuation's own wall time."""
+    import torch
+
+    spec = {"id": 520, "name": "Dataset520_HC18", "configuration": "2d"}
+    fold = tmp_path / "nnUNet_results" / "replicate_0" / "Dataset520_HC18" / "T_5000iters__nnUNetPlans__2d" / "fold_0"
+    fold.mkdir(parents=True)
+    torch.save({"logging": {"epoch_start_timestamps": [0.0, 1000.0], "epoch_end_timestamps": [70.0, 1080.0]}},
+               fold / "checkpoint_latest.pth")
+    commands = []
+    monkeypatch.setattr(evidence_study, "run", lambda command, env: commands.append(command))
+    evidence_study.train_model(spec, str(tmp_path), "T_5000iters", 0, "cpu")
+
+    assert commands[0][-1] == "--c"
+    marker = json.load(open(fold / "study_training_time.json"))
+    assert marker["continued"] and marker["seconds_before_continue"] == 150
+    assert 150 <= marker["seconds"] < 160
