@@ -38,8 +38,6 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark_protocol import (  # noqa: E402
     DATASETS,
@@ -59,6 +57,7 @@ from benchmark_protocol import (  # noqa: E402
     write_rows,
 )
 
+from nnunetv2_diffusion.checkpoint_io import load_checkpoint_file  # noqa: E402
 from nnunetv2_diffusion.inference.ensemble_choice import read_ensemble_choice  # noqa: E402
 
 METHODS = {  # name: trainer (full class name), and the method whose final checkpoint it starts from
@@ -124,7 +123,7 @@ def trained_epoch_seconds(checkpoint: str) -> float:
     """Seconds the epochs saved in an nnU-Net ``checkpoint`` took, from its logger's epoch start and end times: what
     a ``--c`` continuation adds to its own wall time for the whole training's (less the interrupted run's start-up and
     the partial epoch it lost)."""
-    logged = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
+    logged = load_checkpoint_file(checkpoint)["logging"]
     return sum(end - begin for begin, end in zip(logged["epoch_start_timestamps"], logged["epoch_end_timestamps"],
                                                  strict=True))
 

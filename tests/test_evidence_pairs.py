@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 import evidence_study  # noqa: E402
@@ -148,12 +149,11 @@ def test_timing_markers_are_read_back_and_finished_work_is_not_redone(tmp_path):
 def test_a_continued_training_records_the_wall_time_of_all_its_parts(tmp_path, monkeypatch):
     """A training cut short (by the end of a session) and continued with --c records the earlier part's epochs too, from
     the times nnU-Net's logger keeps in checkpoint_latest.pth, not only the continuation's own wall time."""
-    import torch
-
     spec = {"id": 520, "name": "Dataset520_HC18", "configuration": "2d"}
     fold = tmp_path / "nnUNet_results" / "replicate_0" / "Dataset520_HC18" / "T_5000iters__nnUNetPlans__2d" / "fold_0"
     fold.mkdir(parents=True)
-    torch.save({"logging": {"epoch_start_timestamps": [0.0, 1000.0], "epoch_end_timestamps": [70.0, 1080.0]}},
+    torch.save({"network_weights": {},
+                "logging": {"epoch_start_timestamps": [0.0, 1000.0], "epoch_end_timestamps": [70.0, 1080.0]}},
                fold / "checkpoint_latest.pth")
     commands = []
     monkeypatch.setattr(evidence_study, "run", lambda command, env: commands.append(command))
