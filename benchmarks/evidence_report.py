@@ -188,8 +188,8 @@ def write_evidence(spec: dict) -> dict:
                    ("stock_seed_ensemble", "stock"), *[(f"{m}_ddpm", "stock") for m in DIFFUSION_METHODS],
                    *[(f"ensemble_{m}", "stock_seed_ensemble") for m in DIFFUSION_METHODS],
                    ("recycling_block_ddpm", "recycling_stage_ddpm"), ("recycling_warm_ddpm", "recycling_block_ddpm"),
-                   ("stock_1300", "stock"), ("recycling_warm_ddpm", "stock_1300"),
-                   ("ensemble_recycling_warm", "stock_1300")]
+                   ("stock_1300", "stock"), ("stock_1300", "stock_seed_ensemble"),
+                   ("recycling_warm_ddpm", "stock_1300"), ("ensemble_recycling_warm", "stock_1300")]
     result = {
         "iterations": ITERATIONS.get(best, 1000) if best else 1000,
         "replicates": int(frame.replicate.nunique()),

@@ -59,6 +59,8 @@ def test_warm_start_is_compared_with_stock_at_its_total_budget(study):
     assert result["dice"]["stock_1300"] == pytest.approx(sum(0.805 + 0.01 * i for i in range(8)) / 8)
     # per case the two stock replicates are averaged (+0.01 over replicate 0)
     assert result["paired"]["stock_1300 vs stock"]["mean_difference"] == pytest.approx(-0.005)
+    # the same extra iterations against the other way to spend a second budget: two stock seeds averaged
+    assert result["paired"]["stock_1300 vs stock_seed_ensemble"]["mean_difference"] == pytest.approx(0.005 - 0.015)
     # within replicate 1 stock_1300 meets that replicate's stock alone (+0.02 over replicate 0)
     within = result["paired_by_replicate"]
     assert within["1"]["stock_1300 vs stock"]["mean_difference"] == pytest.approx(-0.015)
